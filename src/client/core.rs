@@ -1,0 +1,432 @@
+//! The client's reactor side: admitting calls, placing them on connections, matching
+//! responses, deadlines, connection loss and redialing.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::deadlines::Deadlines;
+use super::{ClientConfig, ClientShared};
+use crate::reactor::{ConnEp, ConnRole, Core, Service};
+use crate::stats::{SharedStats, C};
+use crate::transport::Stream;
+use crate::wire::conn::Conn;
+use crate::wire::frame::FrameKind;
+use crate::wire::ProtocolError;
+use crate::{ConnInfo, Error};
+
+/// Calls are not placed on a connection whose unsent bytes exceed this; they wait.
+const MAX_SEND_BACKLOG: usize = 4 << 20;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum CallState {
+    /// Not admitted, or completed.
+    Idle,
+    /// Admitted, waiting for a connection with room.
+    Waiting,
+    /// Written to connection `conn`; waiting for the response.
+    InFlight,
+}
+
+/// The reactor's view of one slot.
+#[derive(Clone, Copy)]
+struct CallMeta {
+    /// Incremented at each admission; part of the wire id, so a late response to an earlier
+    /// call in this slot is told apart.
+    gen: u32,
+    state: CallState,
+    conn: usize,
+    submitted: Instant,
+}
+
+/// One of the client's `conns(n)` connections.
+struct Link {
+    token: Option<usize>,
+    open: bool,
+    backoff: Duration,
+    redial_at: Option<Instant>,
+}
+
+pub(crate) struct ClientCore {
+    id: usize,
+    shared: Arc<ClientShared>,
+    cfg: Arc<ClientConfig>,
+    metas: Vec<CallMeta>,
+    deadlines: Deadlines,
+    /// (slot, gen) of admitted calls waiting for a connection, in order.
+    waiting: VecDeque<(u32, u32)>,
+    links: Vec<Link>,
+    rr: usize,
+    rng: u64,
+    closing: bool,
+}
+
+impl ClientCore {
+    /// A client core whose first connections are already dialed (`streams`).
+    pub fn new(
+        id: usize,
+        core: &mut Core,
+        shared: Arc<ClientShared>,
+        cfg: Arc<ClientConfig>,
+        streams: Vec<Stream>,
+    ) -> io::Result<ClientCore> {
+        let now = core.now;
+        let seed =
+            now.elapsed().as_nanos() as u64 ^ (Arc::as_ptr(&shared) as u64) ^ 0x9e37_79b9_7f4a_7c15;
+        let mut client = ClientCore {
+            id,
+            shared,
+            metas: Vec::new(),
+            deadlines: Deadlines::new(now),
+            waiting: VecDeque::new(),
+            links: Vec::new(),
+            rr: 0,
+            rng: seed | 1,
+            closing: false,
+            cfg,
+        };
+        for stream in streams {
+            let slot = client.links.len();
+            client.links.push(Link {
+                token: None,
+                open: false,
+                backoff: client.cfg.backoff_min,
+                redial_at: None,
+            });
+            client.shared.stats.inc(C::dials);
+            client.attach(core, slot, stream, true)?;
+        }
+        Ok(client)
+    }
+
+    fn attach(
+        &mut self,
+        core: &mut Core,
+        slot: usize,
+        stream: Stream,
+        connected: bool,
+    ) -> io::Result<()> {
+        if connected {
+            let _ = stream.set_nodelay();
+        }
+        let conn = Conn::new(self.cfg.conn.clone(), core.now);
+        let token = core.add_conn(stream, conn, self.id, connected, ConnRole::Client { slot })?;
+        self.links[slot].token = Some(token);
+        Ok(())
+    }
+
+    fn dial(&mut self, core: &mut Core, slot: usize) {
+        self.links[slot].redial_at = None;
+        self.shared.stats.inc(C::dials);
+        let dialed = match &self.cfg.dialer {
+            Some(dial) => dial().map(|s| (Stream::Custom(s), true)),
+            None => Stream::dial(&self.cfg.addr).map(|s| (s, false)),
+        };
+        let attached = dialed.and_then(|(s, connected)| self.attach(core, slot, s, connected));
+        if attached.is_err() {
+            self.shared.stats.inc(C::dial_errors);
+            self.schedule_redial(slot, core.now);
+        }
+    }
+
+    fn schedule_redial(&mut self, slot: usize, now: Instant) {
+        // Exponential backoff with ±25% jitter, so that many clients do not redial in step.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let link = &mut self.links[slot];
+        let base = link.backoff;
+        let jitter = (self.rng % 512) as f64 / 1024.0 + 0.75;
+        link.redial_at = Some(now + base.mul_f64(jitter));
+        link.backoff = (base * 2).min(self.cfg.backoff_max);
+    }
+
+    #[inline]
+    fn wire_id(&self, idx: u32, gen: u32) -> u32 {
+        (gen << self.shared.idx_bits) | idx
+    }
+
+    /// Takes a submitted call into the reactor's books.
+    fn admit(&mut self, core: &mut Core, idx: u32) {
+        let i = idx as usize;
+        if self.metas.len() <= i {
+            let now = core.now;
+            self.metas.resize(
+                i + 1,
+                CallMeta {
+                    gen: 0,
+                    state: CallState::Idle,
+                    conn: 0,
+                    submitted: now,
+                },
+            );
+        }
+        let (submitted, timeout) = {
+            let d = self.shared.slots.get(idx).data();
+            (d.submitted, d.timeout)
+        };
+        let meta = &mut self.metas[i];
+        meta.gen = (meta.gen + 1) & self.shared.gen_mask;
+        meta.submitted = submitted;
+        let gen = meta.gen;
+        match submitted.checked_add(timeout) {
+            Some(at) if at <= core.now => {
+                self.complete(idx, Err(Error::Timeout), core.now);
+                return;
+            }
+            Some(at) => self.deadlines.insert(idx, timeout, at),
+            None => {} // no deadline in this universe
+        }
+        if !self.waiting.is_empty() || !self.place(core, idx) {
+            self.metas[i].state = CallState::Waiting;
+            self.waiting.push_back((idx, gen));
+        }
+    }
+
+    /// Writes the call into a connection with room; false when none has.
+    fn place(&mut self, core: &mut Core, idx: u32) -> bool {
+        let n = self.links.len();
+        for _ in 0..n {
+            self.rr = (self.rr + 1) % n;
+            let link = &self.links[self.rr];
+            let (true, Some(token)) = (link.open, link.token) else {
+                continue;
+            };
+            let Some(ep) = core.conn(token) else {
+                continue;
+            };
+            if ep.conn.send_backlog() >= MAX_SEND_BACKLOG {
+                continue;
+            }
+            let id = self.wire_id(idx, self.metas[idx as usize].gen);
+            let meta = &mut self.metas[idx as usize];
+            let kind = {
+                let d = self.shared.slots.get(idx).data();
+                ep.conn.send_frame(id, d.kind, &d.request);
+                d.kind
+            };
+            core.mark_dirty(token);
+            if kind == FrameKind::RequestNoReply {
+                // Sent is done: the call completes once it is in the connection's batch.
+                self.deadlines.remove(idx);
+                meta.state = CallState::Idle;
+                self.complete(idx, Ok(Vec::new()), core.now);
+            } else {
+                meta.state = CallState::InFlight;
+                meta.conn = token;
+            }
+            return true;
+        }
+        false
+    }
+
+    fn place_waiting(&mut self, core: &mut Core) {
+        while let Some(&(idx, gen)) = self.waiting.front() {
+            let meta = &self.metas[idx as usize];
+            if meta.state != CallState::Waiting || meta.gen != gen {
+                self.waiting.pop_front(); // timed out meanwhile
+                continue;
+            }
+            if !self.place(core, idx) {
+                return;
+            }
+            self.waiting.pop_front();
+        }
+    }
+
+    /// Completes call `idx` and counts it.
+    fn complete(&mut self, idx: u32, outcome: Result<Vec<u8>, Error>, now: Instant) {
+        let stats = &self.shared.stats;
+        match &outcome {
+            Ok(_) => {
+                stats.inc(C::calls);
+                let took = now.saturating_duration_since(self.metas[idx as usize].submitted);
+                stats.add(C::call_time_ns, took.as_nanos() as u64);
+            }
+            Err(e) => stats.error(e),
+        }
+        self.shared.slots.complete(idx, outcome);
+    }
+
+    /// Fails every admitted call that matches `which` with `err`.
+    fn fail_calls(&mut self, err: &Error, now: Instant, which: impl Fn(&CallMeta) -> bool) {
+        for i in 0..self.metas.len() {
+            let meta = self.metas[i];
+            if meta.state != CallState::Idle && which(&meta) {
+                self.metas[i].state = CallState::Idle;
+                self.deadlines.remove(i as u32);
+                self.complete(i as u32, Err(err.clone()), now);
+            }
+        }
+    }
+
+    /// Closes for good: every call fails with `Error::Closed`, connections close.
+    fn shut(&mut self, core: Option<&mut Core>) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        self.shared.mark_closed();
+        let now = Instant::now();
+        self.fail_calls(&Error::Closed, now, |_| true);
+        self.waiting.clear();
+        while let Some(idx) = self.shared.submit.pop() {
+            self.shared.stats.error(&Error::Closed);
+            self.shared.slots.complete(idx, Err(Error::Closed));
+        }
+        self.shared.report_ready(Err(Error::Closed));
+        if let Some(core) = core {
+            for link in &self.links {
+                if let Some(token) = link.token {
+                    core.close_conn(token, None);
+                }
+            }
+        }
+    }
+}
+
+impl Service for ClientCore {
+    fn stats(&self) -> &SharedStats {
+        &self.shared.stats
+    }
+
+    fn on_open(&mut self, token: usize, ep: &mut ConnEp) -> Result<(), Error> {
+        let ConnRole::Client { slot } = ep.role else {
+            unreachable!("server connection given to a client");
+        };
+        if let Some(hook) = &self.cfg.on_connect {
+            let info = ConnInfo {
+                peer: ep.peer.clone(),
+                conn_id: ep.id,
+            };
+            hook(&info).map_err(Error::Refused)?;
+        }
+        let link = &mut self.links[slot];
+        debug_assert_eq!(link.token, Some(token));
+        link.open = true;
+        link.backoff = self.cfg.backoff_min;
+        self.shared.stats.inc(C::open_connections);
+        self.shared.report_ready(Ok(()));
+        Ok(())
+    }
+
+    fn on_frames(
+        &mut self,
+        token: usize,
+        ep: &mut ConnEp,
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
+        let idx_mask = (1u32 << self.shared.idx_bits) - 1;
+        while let Some(frame) = ep.conn.poll_frame()? {
+            let idx = frame.id & idx_mask;
+            let gen = frame.id >> self.shared.idx_bits;
+            match self.metas.get_mut(idx as usize) {
+                Some(m) if m.state == CallState::InFlight && m.gen == gen && m.conn == token => {
+                    m.state = CallState::Idle;
+                }
+                _ => {
+                    self.shared.stats.inc(C::stale_responses);
+                    continue;
+                }
+            }
+            self.deadlines.remove(idx);
+            let outcome = if frame.kind == FrameKind::Response {
+                let mut buf = self.shared.slots.take_buffer();
+                buf.extend_from_slice(frame.payload);
+                Ok(buf)
+            } else {
+                Err(Error::Server(
+                    String::from_utf8_lossy(frame.payload).into_owned(),
+                ))
+            };
+            self.complete(idx, outcome, now);
+        }
+        Ok(())
+    }
+
+    fn turn(&mut self, core: &mut Core) {
+        if self.closing {
+            return;
+        }
+        if self.shared.is_closed() {
+            self.shut(Some(core));
+            return;
+        }
+        let now = core.now;
+        for slot in 0..self.links.len() {
+            if self.links[slot].redial_at.is_some_and(|at| at <= now) {
+                self.dial(core, slot);
+            }
+        }
+        while let Some(idx) = self.shared.submit.pop() {
+            self.admit(core, idx);
+        }
+        self.place_waiting(core);
+        while let Some(idx) = self.deadlines.pop_expired(now) {
+            self.metas[idx as usize].state = CallState::Idle;
+            self.complete(idx, Err(Error::Timeout), now);
+        }
+    }
+
+    fn on_conn_closed(&mut self, core: &mut Core, token: usize, ep: ConnEp, cause: Option<Error>) {
+        let ConnRole::Client { slot } = ep.role else {
+            unreachable!("server connection given to a client");
+        };
+        let was_open = self.links[slot].open;
+        self.links[slot].token = None;
+        self.links[slot].open = false;
+        if self.closing {
+            if was_open {
+                self.shared.stats.sub(C::open_connections, 1);
+            }
+            return;
+        }
+        let cause = Arc::new(cause.unwrap_or_else(|| {
+            Error::Io(Arc::new(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed by the server",
+            )))
+        }));
+        if was_open {
+            self.shared.stats.sub(C::open_connections, 1);
+        } else {
+            self.shared.stats.inc(C::dial_errors);
+            self.shared.report_ready(Err(match &*cause {
+                Error::Io(e) => Error::Connect {
+                    addr: self.cfg.addr.to_string(),
+                    cause: e.clone(),
+                },
+                other => other.clone(),
+            }));
+        }
+        let lost = Error::ConnectionLost(cause);
+        self.fail_calls(&lost, core.now, |m| {
+            m.state == CallState::InFlight && m.conn == token
+        });
+        self.schedule_redial(slot, core.now);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let redial = self.links.iter().filter_map(|l| l.redial_at).min();
+        match (self.deadlines.next(), redial) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.closing && (!self.shared.submit.is_empty() || self.shared.is_closed())
+    }
+
+    fn is_finished(&self) -> bool {
+        self.closing
+    }
+}
+
+impl Drop for ClientCore {
+    /// The reactor is going away (or the client closed): nothing pending may be left hanging.
+    fn drop(&mut self) {
+        self.shut(None);
+    }
+}

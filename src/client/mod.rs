@@ -1,0 +1,702 @@
+//! The client: a cloneable handle for blocking, asynchronous, fire-and-forget and batched
+//! calls over `conns(n)` multiplexed connections.
+
+mod core;
+mod deadlines;
+mod slots;
+
+use std::fmt;
+use std::io;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::reactor::{self, Reactor, ReactorShared};
+use crate::stats::{SharedStats, Stats};
+use crate::transport::{Address, CustomStream, Stream, ToAddress};
+use crate::wire::conn::{ConnConfig, Role};
+use crate::wire::frame::FrameKind;
+use crate::{Compression, ConnInfo, Error, Result};
+use slots::{Slots, CALLER, REACTOR};
+
+type Dialer = dyn Fn() -> io::Result<Box<dyn CustomStream>> + Send + Sync;
+type OnConnect = dyn Fn(&ConnInfo) -> std::result::Result<(), String> + Send + Sync;
+
+/// Settings the client's reactor side reads.
+pub(crate) struct ClientConfig {
+    pub addr: Address,
+    pub conn: ConnConfig,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub dialer: Option<Arc<Dialer>>,
+    pub on_connect: Option<Arc<OnConnect>>,
+}
+
+/// State shared by the client handles, their pending calls and the reactor side.
+pub(crate) struct ClientShared {
+    pub slots: Slots,
+    pub submit: ArrayQueue<u32>,
+    pub stats: SharedStats,
+    pub idx_bits: u32,
+    pub gen_mask: u32,
+    reactor: Arc<ReactorShared>,
+    closed: AtomicBool,
+    /// Callers between their check of `closed` and their push (see `enqueue`).
+    entering: AtomicUsize,
+    request_timeout: Duration,
+    max_frame_len: u32,
+    ready: Mutex<Option<Result<()>>>,
+    ready_cv: Condvar,
+}
+
+impl ClientShared {
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Reactor side, closing: no new call gets in after this returns, and every call that got
+    /// in is in the submission queue.
+    pub fn mark_closed(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        while self.entering.load(Ordering::SeqCst) != 0 {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Reports the outcome of the first connection attempt to `connect()` (first report wins).
+    pub fn report_ready(&self, outcome: Result<()>) {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        if ready.is_none() {
+            *ready = Some(outcome);
+            self.ready_cv.notify_all();
+        }
+    }
+
+    /// Puts call `idx` in the submission queue, unless the client is closed.
+    fn enqueue(&self, idx: u32) -> Result<()> {
+        self.entering.fetch_add(1, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            self.entering.fetch_sub(1, Ordering::SeqCst);
+            self.slots.release(idx);
+            self.stats.error(&Error::Closed);
+            return Err(Error::Closed);
+        }
+        // Cannot fail: the queue holds as many entries as there are slots.
+        let _ = self.submit.push(idx);
+        self.entering.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Takes a slot and writes the request into it (not yet submitted).
+    fn prepare(&self, req: &[u8], kind: FrameKind, timeout: Duration, state: u32) -> Result<u32> {
+        if req.len() > self.max_frame_len as usize {
+            let e = Error::TooLarge {
+                len: req.len(),
+                max: self.max_frame_len,
+            };
+            self.stats.error(&e);
+            return Err(e);
+        }
+        if self.is_closed() {
+            self.stats.error(&Error::Closed);
+            return Err(Error::Closed);
+        }
+        let Some(idx) = self.slots.alloc(state) else {
+            self.stats.error(&Error::Overflow);
+            return Err(Error::Overflow);
+        };
+        let mut d = self.slots.get(idx).data();
+        d.request.extend_from_slice(req);
+        d.kind = kind;
+        d.timeout = timeout;
+        d.submitted = Instant::now();
+        Ok(idx)
+    }
+
+    fn submit(&self, req: &[u8], kind: FrameKind, timeout: Duration, state: u32) -> Result<u32> {
+        let idx = self.prepare(req, kind, timeout, state)?;
+        self.enqueue(idx)?;
+        self.reactor.notify();
+        Ok(idx)
+    }
+}
+
+/// Builds a [`Client`]. Every setting has a default.
+///
+/// | setting | default |
+/// |---|---|
+/// | [`conns`](Self::conns) | 1 |
+/// | [`max_pending_requests`](Self::max_pending_requests) | 32 768 |
+/// | [`request_timeout`](Self::request_timeout) | 20 s |
+/// | [`max_batch_delay`](Self::max_batch_delay) | zero: flush at the end of each reactor turn |
+/// | [`compression`](Self::compression) | [`Compression::None`] |
+/// | [`max_frame_len`](Self::max_frame_len) | 64 MiB |
+/// | [`handshake_timeout`](Self::handshake_timeout) | 3 s (also bounds `connect()`'s dial) |
+/// | [`reconnect_backoff`](Self::reconnect_backoff) | 20 ms doubling up to 2 s, ±25% jitter |
+#[must_use]
+pub struct ClientBuilder {
+    addr: io::Result<Address>,
+    conns: usize,
+    max_pending: u32,
+    request_timeout: Duration,
+    conn: ConnConfig,
+    backoff: (Duration, Duration),
+    dialer: Option<Arc<Dialer>>,
+    on_connect: Option<Arc<OnConnect>>,
+    name: String,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("addr", &self.addr)
+            .field("conns", &self.conns)
+            .field("max_pending", &self.max_pending)
+            .field("request_timeout", &self.request_timeout)
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// Connections to open to the server; calls are spread over them (default 1).
+    pub fn conns(mut self, n: usize) -> Self {
+        self.conns = n.max(1);
+        self
+    }
+
+    /// Most calls pending at once; one more fails at once with [`Error::Overflow`].
+    pub fn max_pending_requests(mut self, n: u32) -> Self {
+        self.max_pending = n.clamp(1, 1 << 24);
+        self
+    }
+
+    /// The deadline of calls made without an explicit timeout.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long requests may wait to be batched. Zero (the default) flushes at the end of
+    /// every reactor turn, which already batches all calls made during the turn.
+    pub fn max_batch_delay(mut self, delay: Duration) -> Self {
+        self.conn.max_batch_delay = delay;
+        self
+    }
+
+    /// The compression of the request stream.
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.conn.compression = compression;
+        self
+    }
+
+    /// The flate level, 0 to 9 (default 1, fast).
+    pub fn flate_level(mut self, level: u32) -> Self {
+        self.conn.flate_level = level.min(9);
+        self
+    }
+
+    /// Largest request sent (a larger one fails with [`Error::TooLarge`] before anything is
+    /// written) and largest response accepted.
+    pub fn max_frame_len(mut self, len: u32) -> Self {
+        self.conn.max_frame_len = len;
+        self
+    }
+
+    /// Time a connection has to complete its handshake.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.conn.handshake_timeout = timeout;
+        self
+    }
+
+    /// Redial delays after a connection is lost: `min`, doubling up to `max`, each with ±25%
+    /// jitter.
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff = (min, max.max(min));
+        self
+    }
+
+    /// Dials through a custom transport instead of the address.
+    pub fn dialer<F, S>(mut self, dial: F) -> Self
+    where
+        F: Fn() -> io::Result<S> + Send + Sync + 'static,
+        S: CustomStream,
+    {
+        self.dialer = Some(Arc::new(move || {
+            dial().map(|s| Box::new(s) as Box<dyn CustomStream>)
+        }));
+        self
+    }
+
+    /// Called when a connection's handshake completes, before any call is sent on it; an
+    /// `Err` closes it (and it is redialed after the backoff).
+    pub fn on_connect<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&ConnInfo) -> std::result::Result<(), String> + Send + Sync + 'static,
+    {
+        self.on_connect = Some(Arc::new(hook));
+        self
+    }
+
+    /// Names the reactor thread (default `batchrpc-client`).
+    pub fn thread_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Connects and runs the client on a reactor thread of its own. Returns once the first
+    /// connection has completed its handshake, or with the error that stopped it (for example
+    /// [`Error::Connect`] naming the address and the cause).
+    pub fn connect(self) -> Result<Client> {
+        let mut reactor = Reactor::new()?;
+        let name = self.name.clone();
+        let wait = self.conn.handshake_timeout;
+        let client = self.connect_on(&mut reactor)?;
+        *client
+            .inner
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(reactor::spawn(reactor, name)?);
+        client.wait_ready(wait)?;
+        Ok(client)
+    }
+
+    /// Connects on `reactor`, which you drive. The dial happens now (its errors are returned);
+    /// the handshake completes as the reactor turns.
+    pub fn connect_on(self, reactor: &mut Reactor) -> Result<Client> {
+        let addr = self.addr.map_err(Error::from)?;
+        for c in [self.conn.compression] {
+            if !c.is_available() {
+                return Err(Error::Config(format!("compression {c} is not compiled in")));
+            }
+        }
+        let cfg = Arc::new(ClientConfig {
+            addr: addr.clone(),
+            conn: self.conn,
+            backoff_min: self.backoff.0,
+            backoff_max: self.backoff.1,
+            dialer: self.dialer,
+            on_connect: self.on_connect,
+        });
+        let mut streams = Vec::with_capacity(self.conns);
+        for _ in 0..self.conns {
+            streams.push(dial_now(&cfg).map_err(|cause| Error::Connect {
+                addr: addr.to_string(),
+                cause: Arc::new(cause),
+            })?);
+        }
+        let idx_bits = (32 - (self.max_pending - 1).leading_zeros()).max(1);
+        let shared = Arc::new(ClientShared {
+            slots: Slots::new(self.max_pending),
+            submit: ArrayQueue::new(self.max_pending as usize),
+            stats: SharedStats::default(),
+            idx_bits,
+            gen_mask: u32::MAX >> idx_bits,
+            reactor: reactor.shared().clone(),
+            closed: AtomicBool::new(false),
+            entering: AtomicUsize::new(0),
+            request_timeout: self.request_timeout,
+            max_frame_len: cfg.conn.max_frame_len,
+            ready: Mutex::new(None),
+            ready_cv: Condvar::new(),
+        });
+        let shared2 = shared.clone();
+        reactor.add_service(move |id, core| {
+            let client = core::ClientCore::new(id, core, shared2, cfg, streams)?;
+            Ok(Box::new(client))
+        })?;
+        Ok(Client {
+            inner: Arc::new(ClientInner {
+                shared,
+                thread: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+/// Dials synchronously (bounded by the handshake timeout), for `connect()`'s clear errors.
+fn dial_now(cfg: &ClientConfig) -> io::Result<Stream> {
+    if let Some(dial) = &cfg.dialer {
+        return dial().map(Stream::Custom);
+    }
+    match &cfg.addr {
+        Address::Tcp(a) => {
+            let s = std::net::TcpStream::connect_timeout(a, cfg.conn.handshake_timeout)?;
+            s.set_nonblocking(true)?;
+            Ok(Stream::Tcp(mio::net::TcpStream::from_std(s)))
+        }
+        #[cfg(unix)]
+        Address::Unix(p) => {
+            let s = std::os::unix::net::UnixStream::connect(p)?;
+            s.set_nonblocking(true)?;
+            Ok(Stream::Unix(mio::net::UnixStream::from_std(s)))
+        }
+        other => Stream::dial(other),
+    }
+}
+
+struct ClientInner {
+    shared: Arc<ClientShared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.reactor.notify();
+        if let Some(t) = self
+            .thread
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// A handle to a connected client: cheap to clone, usable from any number of threads.
+///
+/// Every call completes exactly once: with its response, or an [`Error`] saying why not.
+/// Dropping the last handle closes the client; calls still pending complete with
+/// [`Error::Closed`].
+///
+/// ```
+/// # fn main() -> Result<(), batchrpc::Error> {
+/// # use batchrpc::{Client, Server};
+/// # let server = Server::builder()
+/// #     .handler(|_: &batchrpc::RequestCtx, req: &[u8], resp: &mut Vec<u8>| { resp.extend_from_slice(req); Ok(()) })
+/// #     .bind("127.0.0.1:0")?;
+/// let client = Client::builder(server.local_addr()).connect()?;
+/// let resp = client.call(b"blocking")?;
+/// assert_eq!(&*resp, b"blocking");
+/// let pending = client.call_async(b"async")?;
+/// client.send(b"fire and forget")?;
+/// assert_eq!(&*pending.wait()?, b"async");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("pending", &self.pending_requests())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A builder for a client of the server at `addr` (`"host:port"`, `"unix:/path"`, a
+    /// `SocketAddr` or an [`Address`]).
+    pub fn builder(addr: impl ToAddress) -> ClientBuilder {
+        ClientBuilder {
+            addr: addr.to_address(),
+            conns: 1,
+            max_pending: 32_768,
+            request_timeout: Duration::from_secs(20),
+            conn: ConnConfig::new(Role::Client),
+            backoff: (Duration::from_millis(20), Duration::from_secs(2)),
+            dialer: None,
+            on_connect: None,
+            name: "batchrpc-client".into(),
+        }
+    }
+
+    fn shared(&self) -> &Arc<ClientShared> {
+        &self.inner.shared
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let shared = self.shared();
+        let deadline = Instant::now() + timeout + Duration::from_millis(500);
+        let mut ready = shared.ready.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(outcome) = &*ready {
+                return outcome.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Protocol(
+                    crate::wire::handshake::HandshakeError::Timeout.into(),
+                ));
+            }
+            ready = shared
+                .ready_cv
+                .wait_timeout(ready, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Calls and waits for the response, at most the request timeout.
+    pub fn call(&self, req: &[u8]) -> Result<Response> {
+        self.call_timeout(req, self.shared().request_timeout)
+    }
+
+    /// Calls and waits for the response, at most `timeout`.
+    pub fn call_timeout(&self, req: &[u8], timeout: Duration) -> Result<Response> {
+        self.call_async_timeout(req, timeout)?.wait()
+    }
+
+    /// Starts a call; the response is taken from the returned handle. Dropping the handle
+    /// cancels the call (its response, if one comes, is discarded).
+    pub fn call_async(&self, req: &[u8]) -> Result<PendingCall> {
+        self.call_async_timeout(req, self.shared().request_timeout)
+    }
+
+    /// [`Client::call_async`] with its own deadline.
+    pub fn call_async_timeout(&self, req: &[u8], timeout: Duration) -> Result<PendingCall> {
+        let shared = self.shared();
+        let idx = shared.submit(req, FrameKind::Request, timeout, CALLER | REACTOR)?;
+        Ok(PendingCall {
+            shared: shared.clone(),
+            idx,
+            taken: false,
+        })
+    }
+
+    /// Sends a request that wants no response (fire and forget). Returns once the request is
+    /// queued; it is written with the next batch.
+    pub fn send(&self, req: &[u8]) -> Result<()> {
+        let shared = self.shared();
+        shared.submit(
+            req,
+            FrameKind::RequestNoReply,
+            shared.request_timeout,
+            REACTOR,
+        )?;
+        Ok(())
+    }
+
+    /// A batch: add calls, then submit them together and wait for all.
+    pub fn batch(&self) -> Batch {
+        Batch {
+            shared: self.shared().clone(),
+            calls: Vec::new(),
+            timeout: self.shared().request_timeout,
+        }
+    }
+
+    /// Calls pending: submitted and not yet completed, or completed and not yet taken.
+    pub fn pending_requests(&self) -> usize {
+        self.shared().slots.in_use()
+    }
+
+    /// A snapshot of the client's counters.
+    pub fn stats(&self) -> Stats {
+        self.shared().stats.snapshot()
+    }
+
+    /// Closes the client now: pending calls complete with [`Error::Closed`], connections
+    /// close, and later calls fail with `Closed`. Every clone of the handle is closed.
+    pub fn close(&self) {
+        let shared = self.shared();
+        shared.closed.store(true, Ordering::SeqCst);
+        shared.reactor.notify();
+    }
+}
+
+/// A call in flight. [`wait`](Self::wait) for it, poll it with [`try_wait`](Self::try_wait),
+/// or drop it to cancel.
+pub struct PendingCall {
+    shared: Arc<ClientShared>,
+    idx: u32,
+    taken: bool,
+}
+
+impl fmt::Debug for PendingCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingCall")
+            .field("done", &self.is_done())
+            .finish()
+    }
+}
+
+impl PendingCall {
+    /// True once the call has completed (`wait` will not block).
+    pub fn is_done(&self) -> bool {
+        !self.taken && self.shared.slots.is_done(self.idx)
+    }
+
+    /// Blocks until the call completes.
+    pub fn wait(mut self) -> Result<Response> {
+        self.taken = true;
+        let outcome = self.shared.slots.wait(self.idx);
+        self.into_response(outcome)
+    }
+
+    /// The outcome if the call has completed, without blocking. Returns `Some` once; after
+    /// that the call is spent and `None` is returned.
+    pub fn try_wait(&mut self) -> Option<Result<Response>> {
+        if self.taken || !self.shared.slots.is_done(self.idx) {
+            return None;
+        }
+        self.taken = true;
+        let outcome = self.shared.slots.take(self.idx);
+        Some(self.wrap(outcome))
+    }
+
+    fn into_response(self, outcome: std::result::Result<Vec<u8>, Error>) -> Result<Response> {
+        self.wrap(outcome)
+    }
+
+    fn wrap(&self, outcome: std::result::Result<Vec<u8>, Error>) -> Result<Response> {
+        outcome.map(|buf| Response {
+            buf,
+            shared: Some(self.shared.clone()),
+        })
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.shared.slots.abandon(self.idx);
+        }
+    }
+}
+
+/// A response payload. Derefs to `[u8]`; its buffer goes back to the client's pool when
+/// dropped (or keep it with [`Response::into_vec`]).
+pub struct Response {
+    buf: Vec<u8>,
+    shared: Option<Arc<ClientShared>>,
+}
+
+impl Response {
+    /// The payload as an owned vector (taken out of the pool).
+    pub fn into_vec(mut self) -> Vec<u8> {
+        self.shared = None;
+        std::mem::take(&mut self.buf)
+    }
+}
+
+impl Deref for Response {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl AsRef<[u8]> for Response {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl fmt::Debug for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Response").field(&self.buf).finish()
+    }
+}
+
+impl PartialEq<[u8]> for Response {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.buf == other
+    }
+}
+
+impl Drop for Response {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.slots.give_buffer(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// Calls submitted together and waited for together (gorpc's `Batch`): one hand-off to the
+/// reactor for all of them.
+///
+/// ```
+/// # fn main() -> Result<(), batchrpc::Error> {
+/// # use batchrpc::{Client, Server};
+/// # let server = Server::builder()
+/// #     .handler(|_: &batchrpc::RequestCtx, req: &[u8], resp: &mut Vec<u8>| { resp.extend_from_slice(req); Ok(()) })
+/// #     .bind("127.0.0.1:0")?;
+/// # let client = Client::builder(server.local_addr()).connect()?;
+/// let mut batch = client.batch();
+/// batch.add(b"one")?;
+/// batch.add(b"two")?;
+/// let results = batch.call();
+/// assert_eq!(&*results[1].as_ref().unwrap(), b"two");
+/// # Ok(()) }
+/// ```
+pub struct Batch {
+    shared: Arc<ClientShared>,
+    calls: Vec<u32>,
+    timeout: Duration,
+}
+
+impl fmt::Debug for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batch")
+            .field("calls", &self.calls.len())
+            .finish()
+    }
+}
+
+impl Batch {
+    /// The deadline of every call in the batch (default: the client's request timeout).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Adds a call. Fails at once, for this call only, with [`Error::TooLarge`],
+    /// [`Error::Overflow`] or [`Error::Closed`].
+    pub fn add(&mut self, req: &[u8]) -> Result<()> {
+        let idx = self
+            .shared
+            .prepare(req, FrameKind::Request, self.timeout, CALLER | REACTOR)?;
+        self.calls.push(idx);
+        Ok(())
+    }
+
+    /// Calls added so far.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// True when no call was added.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Submits every call and waits for all; the results are in the order of `add`.
+    pub fn call(mut self) -> Vec<Result<Response>> {
+        let calls = std::mem::take(&mut self.calls);
+        let mut submitted = Vec::with_capacity(calls.len());
+        for &idx in &calls {
+            submitted.push(self.shared.enqueue(idx));
+        }
+        self.shared.reactor.notify();
+        calls
+            .into_iter()
+            .zip(submitted)
+            .map(|(idx, ok)| {
+                ok?;
+                self.shared.slots.wait(idx).map(|buf| Response {
+                    buf,
+                    shared: Some(self.shared.clone()),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        for &idx in &self.calls {
+            self.shared.slots.release(idx);
+        }
+    }
+}

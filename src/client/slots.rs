@@ -1,0 +1,295 @@
+//! Pending-call slots shared by the caller threads and the reactor.
+//!
+//! A call occupies one slot from submission until its outcome is taken (or discarded). The
+//! slot's `state` word says who still holds it:
+//!
+//! - `CALLER`: a [`super::PendingCall`] exists and will take the outcome (absent for `send`);
+//! - `REACTOR`: the reactor has yet to complete the call (set from submission to completion);
+//! - `DONE`: the outcome is stored;
+//! - `WAITER`: the caller is parked on this slot and must be unparked on completion.
+//!
+//! The reactor completes every submitted call exactly once (`REACTOR -> DONE`). Whoever lets go
+//! last — the reactor completing a call nobody waits for, or the caller dropping or consuming
+//! its handle after completion — recycles the slot. Each slot has its own lock for its data,
+//! only ever taken by the two parties of one call, so it is uncontended in practice.
+//!
+//! Response buffers come from a pool and go back to it when the caller's [`super::Response`]
+//! drops, so steady-state calls allocate nothing.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::wire::frame::FrameKind;
+use crate::Error;
+
+pub(crate) const CALLER: u32 = 1;
+pub(crate) const REACTOR: u32 = 2;
+pub(crate) const DONE: u32 = 4;
+pub(crate) const WAITER: u32 = 8;
+
+const SEGMENT: usize = 1024;
+/// Response buffers larger than this are not kept in the pool.
+const POOL_MAX_BUF: usize = 1 << 20;
+
+/// A call's data, guarded by its slot's lock.
+pub(crate) struct SlotData {
+    /// The request payload (its capacity is kept across calls).
+    pub request: Vec<u8>,
+    /// `Request` or `RequestNoReply`.
+    pub kind: FrameKind,
+    /// When the caller submitted it.
+    pub submitted: Instant,
+    /// How long the caller will wait.
+    pub timeout: Duration,
+    /// Set by the reactor on completion.
+    pub outcome: Option<Result<Vec<u8>, Error>>,
+    /// The parked caller, when `WAITER` is set.
+    pub waiter: Option<Thread>,
+}
+
+pub(crate) struct Slot {
+    pub state: AtomicU32,
+    data: Mutex<SlotData>,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            state: AtomicU32::new(0),
+            data: Mutex::new(SlotData {
+                request: Vec::new(),
+                kind: FrameKind::Request,
+                submitted: Instant::now(),
+                timeout: Duration::ZERO,
+                outcome: None,
+                waiter: None,
+            }),
+        }
+    }
+
+    /// The slot's data. A panic while it was held (there is no code that can panic there)
+    /// would not leave it inconsistent, so poisoning is ignored.
+    pub fn data(&self) -> MutexGuard<'_, SlotData> {
+        self.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The table of slots: allocated lazily in segments, bounded by `max_pending`.
+pub(crate) struct Slots {
+    segments: Box<[OnceLock<Box<[Slot]>>]>,
+    fresh: AtomicU32,
+    free: ArrayQueue<u32>,
+    capacity: u32,
+    buffers: ArrayQueue<Vec<u8>>,
+}
+
+impl Slots {
+    pub fn new(max_pending: u32) -> Slots {
+        let capacity = max_pending.max(1);
+        let segments = (capacity as usize).div_ceil(SEGMENT);
+        Slots {
+            segments: (0..segments).map(|_| OnceLock::new()).collect(),
+            fresh: AtomicU32::new(0),
+            free: ArrayQueue::new(capacity as usize),
+            capacity,
+            buffers: ArrayQueue::new(capacity as usize),
+        }
+    }
+
+    #[inline]
+    pub fn get(&self, idx: u32) -> &Slot {
+        let seg = self.segments[idx as usize / SEGMENT]
+            .get_or_init(|| (0..SEGMENT).map(|_| Slot::new()).collect());
+        &seg[idx as usize % SEGMENT]
+    }
+
+    /// Takes a free slot for a new call, or `None` when `max_pending` calls are pending.
+    pub fn alloc(&self, state: u32) -> Option<u32> {
+        let idx = match self.free.pop() {
+            Some(idx) => idx,
+            None => self
+                .fresh
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < self.capacity).then_some(n + 1)
+                })
+                .ok()?,
+        };
+        self.get(idx).state.store(state, Ordering::Relaxed);
+        Some(idx)
+    }
+
+    /// Slots in use (pending calls, and outcomes not yet taken).
+    pub fn in_use(&self) -> usize {
+        self.fresh.load(Ordering::Relaxed) as usize - self.free.len()
+    }
+
+    /// Returns a slot to the free list, keeping its request buffer's capacity.
+    pub fn release(&self, idx: u32) {
+        let slot = self.get(idx);
+        {
+            let mut d = slot.data();
+            d.request.clear();
+            d.waiter = None;
+            if let Some(Ok(buf)) = d.outcome.take() {
+                self.give_buffer(buf);
+            }
+        }
+        slot.state.store(0, Ordering::Release);
+        // Cannot fail: at most `capacity` slots exist.
+        let _ = self.free.push(idx);
+    }
+
+    /// Reactor: stores the outcome of call `idx` and hands it to its caller (unparking a
+    /// parked one), or recycles the slot when nobody waits for it.
+    pub fn complete(&self, idx: u32, outcome: Result<Vec<u8>, Error>) {
+        let slot = self.get(idx);
+        slot.data().outcome = Some(outcome);
+        let prev = slot.state.fetch_xor(REACTOR | DONE, Ordering::AcqRel);
+        debug_assert!(prev & REACTOR != 0 && prev & DONE == 0, "completed twice");
+        if prev & CALLER == 0 {
+            self.release(idx);
+        } else if prev & WAITER != 0 {
+            if let Some(t) = slot.data().waiter.take() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// A buffer for a response payload, from the pool when one is there.
+    pub fn take_buffer(&self) -> Vec<u8> {
+        self.buffers.pop().unwrap_or_default()
+    }
+
+    /// Gives a response buffer back to the pool.
+    pub fn give_buffer(&self, mut buf: Vec<u8>) {
+        if buf.capacity() != 0 && buf.capacity() <= POOL_MAX_BUF {
+            buf.clear();
+            let _ = self.buffers.push(buf);
+        }
+    }
+
+    /// Caller: whether the call in `idx` is complete.
+    pub fn is_done(&self, idx: u32) -> bool {
+        self.get(idx).state.load(Ordering::Acquire) & DONE != 0
+    }
+
+    /// Caller: takes the outcome of a completed call and recycles the slot.
+    pub fn take(&self, idx: u32) -> Result<Vec<u8>, Error> {
+        let outcome = self.get(idx).data().outcome.take();
+        self.release(idx);
+        outcome.unwrap_or(Err(Error::Canceled))
+    }
+
+    /// Caller: blocks until the call in `idx` completes (spinning briefly first, then parking
+    /// on the slot), then takes its outcome.
+    pub fn wait(&self, idx: u32) -> Result<Vec<u8>, Error> {
+        let slot = self.get(idx);
+        for _ in 0..64 {
+            if slot.state.load(Ordering::Acquire) & DONE != 0 {
+                return self.take(idx);
+            }
+            std::hint::spin_loop();
+        }
+        loop {
+            let s = slot.state.load(Ordering::Acquire);
+            if s & DONE != 0 {
+                return self.take(idx);
+            }
+            if s & WAITER == 0 {
+                slot.data().waiter = Some(std::thread::current());
+                let registered = slot
+                    .state
+                    .compare_exchange(s, s | WAITER, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if !registered {
+                    continue;
+                }
+            }
+            std::thread::park();
+        }
+    }
+
+    /// Caller: gives up on the call in `idx` (its handle dropped). The reactor will still
+    /// complete it and then recycle the slot, unless it already has.
+    pub fn abandon(&self, idx: u32) {
+        let prev = self
+            .get(idx)
+            .state
+            .fetch_and(!(CALLER | WAITER), Ordering::AcqRel);
+        if prev & REACTOR == 0 {
+            self.release(idx);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alloc_is_bounded_and_recycles() {
+        let slots = Slots::new(3);
+        let a: Vec<u32> = (0..3)
+            .map(|_| slots.alloc(CALLER | REACTOR).unwrap())
+            .collect();
+        assert_eq!(a, [0, 1, 2]);
+        assert_eq!(slots.alloc(CALLER | REACTOR), None);
+        assert_eq!(slots.in_use(), 3);
+        slots.complete(1, Ok(b"x".to_vec()));
+        assert!(slots.is_done(1));
+        assert_eq!(slots.take(1).unwrap(), b"x");
+        assert_eq!(slots.in_use(), 2);
+        assert_eq!(slots.alloc(CALLER | REACTOR), Some(1));
+    }
+
+    #[test]
+    fn abandoned_call_is_recycled_by_whoever_lets_go_last() {
+        let slots = Slots::new(2);
+        let i = slots.alloc(CALLER | REACTOR).unwrap();
+        slots.abandon(i);
+        assert_eq!(slots.in_use(), 1, "reactor still holds it");
+        slots.complete(i, Err(Error::Timeout));
+        assert_eq!(slots.in_use(), 0);
+
+        let j = slots.alloc(CALLER | REACTOR).unwrap();
+        slots.complete(j, Ok(vec![1]));
+        assert_eq!(slots.in_use(), 1, "outcome waits for the caller");
+        slots.abandon(j);
+        assert_eq!(slots.in_use(), 0);
+    }
+
+    #[test]
+    fn send_without_caller_recycles_on_completion() {
+        let slots = Slots::new(1);
+        let i = slots.alloc(REACTOR).unwrap();
+        slots.complete(i, Ok(Vec::new()));
+        assert_eq!(slots.in_use(), 0);
+    }
+
+    #[test]
+    fn wait_parks_until_completed_from_another_thread() {
+        let slots = std::sync::Arc::new(Slots::new(1));
+        let i = slots.alloc(CALLER | REACTOR).unwrap();
+        let s2 = slots.clone();
+        let t = std::thread::spawn(move || s2.wait(i));
+        // Whether the waiter parked yet or not, completion reaches it exactly once.
+        slots.complete(i, Ok(b"done".to_vec()));
+        assert_eq!(t.join().unwrap().unwrap(), b"done");
+        assert_eq!(slots.in_use(), 0);
+    }
+
+    #[test]
+    fn response_buffers_are_pooled() {
+        let slots = Slots::new(1);
+        let mut b = slots.take_buffer();
+        b.extend_from_slice(&[0; 100]);
+        let cap = b.capacity();
+        slots.give_buffer(b);
+        let again = slots.take_buffer();
+        assert_eq!((again.len(), again.capacity()), (0, cap));
+    }
+}

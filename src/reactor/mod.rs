@@ -1,0 +1,714 @@
+//! The reactor: one thread's worth of I/O for any number of clients and servers.
+//!
+//! A [`Reactor`] owns a `mio::Poll`, a slab of endpoints (listeners and connections), a timer
+//! heap for connection deadlines, and one `mio::Waker`. Each [`Reactor::poll_once`] is one turn:
+//!
+//! 1. poll (sleeping no longer than the earliest deadline);
+//! 2. accept on ready listeners; read every readable connection until it would block (mio is
+//!    edge-triggered), handing decoded frames to the connection's client or server;
+//! 3. let each client and server drain its queues (new calls from caller threads, finished
+//!    responses from workers) and fire its deadlines;
+//! 4. fire due connection timers (handshake timeouts, batch delays);
+//! 5. flush every connection with output once: one `write()` per connection per turn carries
+//!    everything queued during the turn.
+//!
+//! [`Reactor::run`] is a loop around `poll_once`; [`crate::Server::bind`] and
+//! [`crate::Client::connect`] run it on a thread of their own, while `bind_on`/`connect_on`
+//! attach to a reactor you drive yourself.
+//!
+//! # Waking
+//! Other threads hand work over through lock-free queues and then call
+//! [`ReactorShared::notify`], which costs one atomic load unless the reactor announced that it
+//! is about to sleep; only then is the waker's syscall paid. The reactor announces, re-checks
+//! its queues, and sleeps only if they are empty (the handshake is sequentially consistent on
+//! both sides, so a hand-off is never missed).
+//!
+//! # Driving it yourself
+//! Call `poll_once` in your loop with the timeout you can afford (`Some(Duration::ZERO)` never
+//! blocks). Spurious wake-ups are harmless. Calls made from the driving thread must not block
+//! on their own completion: use [`crate::PendingCall::is_done`] / `try_wait` between turns.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use slab::Slab;
+
+use crate::stats::{SharedStats, C};
+use crate::transport::{Address, Listener, Stream};
+use crate::wire::conn::{Conn, Counters, State};
+use crate::wire::ProtocolError;
+use crate::Error;
+
+const WAKER: Token = Token(usize::MAX);
+/// Reads per connection per turn before other connections get their turn.
+const READ_BUDGET: usize = 16;
+
+/// The part of a reactor other threads hold: its waker.
+pub(crate) struct ReactorShared {
+    waker: Waker,
+    sleeping: AtomicBool,
+}
+
+impl ReactorShared {
+    /// Wakes the reactor if it may be asleep. Call after pushing work to one of its queues.
+    #[inline]
+    pub(crate) fn notify(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// A client or server hosted by a reactor: the reactor does the I/O, the service the rest.
+pub(crate) trait Service: Send {
+    /// Its counters.
+    fn stats(&self) -> &SharedStats;
+    /// A listener of this service accepted `stream`.
+    fn accept(&mut self, core: &mut Core, stream: Stream) {
+        let _ = (core, stream);
+    }
+    /// The connection completed its handshake; an error closes it with that cause.
+    fn on_open(&mut self, token: usize, ep: &mut ConnEp) -> Result<(), Error> {
+        let _ = (token, ep);
+        Ok(())
+    }
+    /// New bytes arrived at `now`: take the connection's frames (`ep.conn.poll_frame()` until
+    /// `None`).
+    fn on_frames(
+        &mut self,
+        token: usize,
+        ep: &mut ConnEp,
+        now: Instant,
+    ) -> Result<(), ProtocolError>;
+    /// Whether to read more from this connection now (false: backpressure; the service puts
+    /// the token in `core.to_read` when it may read again).
+    fn may_read(&mut self, token: usize, ep: &mut ConnEp) -> bool {
+        let _ = (token, ep);
+        true
+    }
+    /// Once per turn: drain queues, fire deadlines, manage connections.
+    fn turn(&mut self, core: &mut Core);
+    /// A connection of this service is gone; `cause` is why, `None` for an orderly close.
+    fn on_conn_closed(&mut self, core: &mut Core, token: usize, ep: ConnEp, cause: Option<Error>);
+    /// The earliest time `turn` has something to do.
+    fn next_deadline(&self) -> Option<Instant>;
+    /// Work is waiting in a queue (so the reactor must not sleep).
+    fn has_work(&self) -> bool;
+    /// Done for good: the reactor drops it.
+    fn is_finished(&self) -> bool;
+}
+
+/// What a connection belongs to, with the owner's per-connection state.
+pub(crate) enum ConnRole {
+    Server(crate::server::core::ServerConn),
+    Client { slot: usize },
+}
+
+/// A connection endpoint.
+pub(crate) struct ConnEp {
+    pub stream: Stream,
+    pub conn: Conn,
+    pub service: usize,
+    /// Unique per reactor, never reused: tells a connection from a later one in the same slot.
+    pub id: u64,
+    pub peer: Address,
+    /// False while a dial is in progress.
+    pub connected: bool,
+    pub writable: bool,
+    dirty: bool,
+    reaping: bool,
+    timer: Option<Instant>,
+    seen: Counters,
+    /// Why it is closing, when the reactor or the service knows better than the protocol.
+    cause: Option<Error>,
+    pub role: ConnRole,
+}
+
+pub(crate) struct ListenerEp {
+    pub listener: Listener,
+    pub service: usize,
+}
+
+pub(crate) enum Endpoint {
+    Listener(ListenerEp),
+    Conn(ConnEp),
+}
+
+/// The reactor's state that services may touch: endpoints, the flush list, timers.
+pub(crate) struct Core {
+    pub registry: Registry,
+    pub endpoints: Slab<Endpoint>,
+    /// Connections to read this turn even without a new event (budget spent, or resumed).
+    pub to_read: Vec<usize>,
+    dirty: Vec<usize>,
+    closing: Vec<usize>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    pub shared: Arc<ReactorShared>,
+    next_id: u64,
+    /// The time at the start of this turn's work.
+    pub now: Instant,
+}
+
+impl Core {
+    /// The id the next [`Core::add_conn`] will give its connection.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_id + 1
+    }
+
+    /// Registers a connection and returns its token.
+    pub fn add_conn(
+        &mut self,
+        mut stream: Stream,
+        conn: Conn,
+        service: usize,
+        connected: bool,
+        role: ConnRole,
+    ) -> io::Result<usize> {
+        let entry = self.endpoints.vacant_entry();
+        let token = entry.key();
+        self.registry.register(
+            stream.source(),
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.next_id += 1;
+        let peer = if connected {
+            stream.peer_addr()
+        } else {
+            Address::Custom(String::new())
+        };
+        entry.insert(Endpoint::Conn(ConnEp {
+            stream,
+            conn,
+            service,
+            id: self.next_id,
+            peer,
+            connected,
+            writable: false,
+            dirty: false,
+            reaping: false,
+            timer: None,
+            seen: Counters::default(),
+            cause: None,
+            role,
+        }));
+        self.arm(token);
+        Ok(token)
+    }
+
+    /// Registers a listener and returns its token.
+    pub fn add_listener(&mut self, mut listener: Listener, service: usize) -> io::Result<usize> {
+        let entry = self.endpoints.vacant_entry();
+        let token = entry.key();
+        listener.register(&self.registry, Token(token))?;
+        entry.insert(Endpoint::Listener(ListenerEp { listener, service }));
+        Ok(token)
+    }
+
+    /// Deregisters and drops a listener.
+    pub fn remove_listener(&mut self, token: usize) {
+        if let Some(Endpoint::Listener(_)) = self.endpoints.get(token) {
+            if let Endpoint::Listener(mut l) = self.endpoints.remove(token) {
+                let _ = self.registry.deregister(l.listener.source());
+            }
+        }
+    }
+
+    /// The connection at `token`.
+    #[inline]
+    pub fn conn(&mut self, token: usize) -> Option<&mut ConnEp> {
+        match self.endpoints.get_mut(token) {
+            Some(Endpoint::Conn(ep)) if !ep.reaping => Some(ep),
+            _ => None,
+        }
+    }
+
+    /// Queues the connection for this turn's flush.
+    #[inline]
+    pub fn mark_dirty(&mut self, token: usize) {
+        if let Some(Endpoint::Conn(ep)) = self.endpoints.get_mut(token) {
+            mark_dirty(&mut self.dirty, token, ep);
+        }
+    }
+
+    /// Closes a connection at the end of this turn (its owner is told through
+    /// [`Service::on_conn_closed`]). `cause: None` closes in good order.
+    pub fn close_conn(&mut self, token: usize, cause: Option<Error>) {
+        if let Some(Endpoint::Conn(ep)) = self.endpoints.get_mut(token) {
+            close_ep(&mut self.closing, token, ep, cause);
+        }
+    }
+
+    /// Puts the connection's next protocol deadline in the timer heap.
+    fn arm(&mut self, token: usize) {
+        if let Some(Endpoint::Conn(ep)) = self.endpoints.get_mut(token) {
+            if let Some(at) = ep.conn.next_deadline() {
+                if ep.timer.is_none_or(|t| at < t) {
+                    ep.timer = Some(at);
+                    self.timers.push(Reverse((at, token, ep.id)));
+                }
+            }
+        }
+    }
+}
+
+#[inline]
+fn mark_dirty(dirty: &mut Vec<usize>, token: usize, ep: &mut ConnEp) {
+    if !ep.dirty {
+        ep.dirty = true;
+        dirty.push(token);
+    }
+}
+
+fn close_ep(closing: &mut Vec<usize>, token: usize, ep: &mut ConnEp, cause: Option<Error>) {
+    if ep.cause.is_none() {
+        ep.cause = cause;
+    }
+    if !ep.reaping {
+        ep.reaping = true;
+        ep.conn.close();
+        closing.push(token);
+    }
+}
+
+/// An event loop hosting clients and servers. See the [module docs](self).
+///
+/// ```no_run
+/// # fn main() -> Result<(), batchrpc::Error> {
+/// use std::time::Duration;
+/// use batchrpc::{Client, Reactor, Server};
+///
+/// let mut reactor = Reactor::new()?;
+/// let server = Server::builder()
+///     .workers(0) // handlers run inline on this thread
+///     .handler(|_ctx: &batchrpc::RequestCtx, req: &[u8], resp: &mut Vec<u8>| {
+///         resp.extend_from_slice(req);
+///         Ok(())
+///     })
+///     .bind_on(&mut reactor, "127.0.0.1:0")?;
+/// let client = Client::builder(server.local_addr()).connect_on(&mut reactor)?;
+/// let pending = client.call_async(b"ping")?;
+/// while !pending.is_done() {
+///     reactor.poll_once(Some(Duration::from_millis(10)))?;
+/// }
+/// assert_eq!(&*pending.wait()?, b"ping");
+/// # Ok(()) }
+/// ```
+pub struct Reactor {
+    poll: Poll,
+    events: Events,
+    /// (token, readable, writable) of this turn's events.
+    ready: Vec<(usize, bool, bool)>,
+    core: Core,
+    services: Slab<Box<dyn Service>>,
+}
+
+impl std::fmt::Debug for Reactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reactor")
+            .field("endpoints", &self.core.endpoints.len())
+            .field("services", &self.services.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reactor {
+    /// A reactor with nothing attached yet.
+    pub fn new() -> io::Result<Reactor> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let registry = poll.registry().try_clone()?;
+        Ok(Reactor {
+            poll,
+            events: Events::with_capacity(1024),
+            ready: Vec::with_capacity(1024),
+            core: Core {
+                registry,
+                endpoints: Slab::new(),
+                to_read: Vec::new(),
+                dirty: Vec::new(),
+                closing: Vec::new(),
+                timers: BinaryHeap::new(),
+                shared: Arc::new(ReactorShared {
+                    waker,
+                    sleeping: AtomicBool::new(false),
+                }),
+                next_id: 0,
+                now: Instant::now(),
+            },
+            services: Slab::new(),
+        })
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<ReactorShared> {
+        &self.core.shared
+    }
+
+    /// Attaches a service built from its id and the core (to register its endpoints).
+    pub(crate) fn add_service<F>(&mut self, build: F) -> crate::Result<usize>
+    where
+        F: FnOnce(usize, &mut Core) -> crate::Result<Box<dyn Service>>,
+    {
+        let entry = self.services.vacant_entry();
+        let id = entry.key();
+        self.core.now = Instant::now();
+        let service = build(id, &mut self.core)?;
+        entry.insert(service);
+        Ok(id)
+    }
+
+    /// True when no client or server is attached (all have finished).
+    pub fn is_idle(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// Runs turns until every attached client and server has finished.
+    pub fn run(&mut self) -> io::Result<()> {
+        while !self.services.is_empty() {
+            self.poll_once(None)?;
+        }
+        Ok(())
+    }
+
+    /// One turn: waits up to `timeout` (`None`: until something happens) for I/O, a hand-off
+    /// from another thread or a deadline, then does all the work that is ready.
+    pub fn poll_once(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let now = Instant::now();
+        let mut timeout = self.sleep_budget(timeout, now);
+        if timeout != Some(Duration::ZERO) {
+            self.core.shared.sleeping.store(true, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if self.has_work() {
+                timeout = Some(Duration::ZERO);
+            }
+        }
+        let polled = self.poll.poll(&mut self.events, timeout);
+        self.core.shared.sleeping.store(false, Ordering::Relaxed);
+        match polled {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        self.core.now = Instant::now();
+
+        self.ready.clear();
+        for event in self.events.iter() {
+            if event.token() == WAKER {
+                continue;
+            }
+            let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+            let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+            self.ready.push((event.token().0, readable, writable));
+        }
+        for i in 0..self.ready.len() {
+            let (token, readable, writable) = self.ready[i];
+            match self.core.endpoints.get(token) {
+                Some(Endpoint::Listener(_)) => self.accept(token),
+                Some(Endpoint::Conn(_)) => {
+                    if writable {
+                        self.on_writable(token);
+                    }
+                    if readable {
+                        self.read(token);
+                    }
+                }
+                None => {}
+            }
+        }
+        let resumed = std::mem::take(&mut self.core.to_read);
+        for &token in &resumed {
+            self.read(token);
+        }
+        let mut resumed = resumed;
+        resumed.clear();
+        if self.core.to_read.is_empty() {
+            self.core.to_read = resumed;
+        }
+
+        for (_, service) in self.services.iter_mut() {
+            service.turn(&mut self.core);
+        }
+        self.fire_timers();
+        self.flush();
+        self.reap();
+        self.services.retain(|_, s| !s.is_finished());
+        Ok(())
+    }
+
+    fn has_work(&self) -> bool {
+        !self.core.to_read.is_empty()
+            || !self.core.dirty.is_empty()
+            || self.services.iter().any(|(_, s)| s.has_work())
+    }
+
+    fn sleep_budget(&self, timeout: Option<Duration>, now: Instant) -> Option<Duration> {
+        let timer = self.core.timers.peek().map(|Reverse((at, _, _))| *at);
+        let service = self
+            .services
+            .iter()
+            .filter_map(|(_, s)| s.next_deadline())
+            .min();
+        let deadline = match (timer, service) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let until_deadline = deadline.map(|d| d.saturating_duration_since(now));
+        match (timeout, until_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn accept(&mut self, token: usize) {
+        loop {
+            let Some(Endpoint::Listener(l)) = self.core.endpoints.get_mut(token) else {
+                return;
+            };
+            let service_id = l.service;
+            let accepted = l.listener.accept();
+            let Some(service) = self.services.get_mut(service_id) else {
+                return;
+            };
+            match accepted {
+                Ok(stream) => {
+                    service.stats().inc(C::accepts);
+                    service.accept(&mut self.core, stream);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    // Out of descriptors or a connection reset before accept: counted; the
+                    // listener stays, and the next readiness event tries again.
+                    service.stats().inc(C::accept_errors);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_writable(&mut self, token: usize) {
+        let Some(Endpoint::Conn(ep)) = self.core.endpoints.get_mut(token) else {
+            return;
+        };
+        if ep.reaping {
+            return;
+        }
+        if !ep.connected {
+            match ep.stream.connect_state() {
+                Ok(true) => {
+                    ep.connected = true;
+                    ep.peer = ep.stream.peer_addr();
+                    let _ = ep.stream.set_nodelay();
+                }
+                Ok(false) => return,
+                Err(e) => {
+                    close_ep(
+                        &mut self.core.closing,
+                        token,
+                        ep,
+                        Some(Error::Io(Arc::new(e))),
+                    );
+                    return;
+                }
+            }
+        }
+        ep.writable = true;
+        // Write what waits now, so that services see the room this turn.
+        self.flush_one(token);
+    }
+
+    fn read(&mut self, token: usize) {
+        let Some(Endpoint::Conn(ep)) = self.core.endpoints.get_mut(token) else {
+            return;
+        };
+        if ep.reaping || !ep.connected {
+            return;
+        }
+        let Some(service) = self.services.get_mut(ep.service) else {
+            return;
+        };
+        let mut budget = READ_BUDGET;
+        loop {
+            if !matches!(ep.conn.state(), State::Handshake | State::Open)
+                || !service.may_read(token, ep)
+            {
+                break;
+            }
+            if budget == 0 {
+                self.core.to_read.push(token);
+                break;
+            }
+            budget -= 1;
+            let buf = ep.conn.recv_buf();
+            match ep.stream.read(buf) {
+                Ok(0) => {
+                    service.stats().inc(C::read_calls);
+                    ep.conn.handle_eof();
+                }
+                Ok(n) => {
+                    let stats = service.stats();
+                    stats.inc(C::read_calls);
+                    stats.add(C::bytes_read, n as u64);
+                    ep.conn.handle_recv(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    service.stats().inc(C::read_errors);
+                    close_ep(
+                        &mut self.core.closing,
+                        token,
+                        ep,
+                        Some(Error::Io(Arc::new(e))),
+                    );
+                    return;
+                }
+            }
+            if ep.conn.poll_opened() {
+                if let Err(e) = service.on_open(token, ep) {
+                    close_ep(&mut self.core.closing, token, ep, Some(e));
+                    return;
+                }
+            }
+            if let Err(e) = service.on_frames(token, ep, self.core.now) {
+                close_ep(&mut self.core.closing, token, ep, Some(Error::Protocol(e)));
+                return;
+            }
+            let frames_in = ep.conn.counters().frames_in;
+            service
+                .stats()
+                .add(C::frames_read, frames_in - ep.seen.frames_in);
+            ep.seen.frames_in = frames_in;
+        }
+        match ep.conn.state() {
+            State::Closed => close_ep(&mut self.core.closing, token, ep, None),
+            _ if !ep.conn.is_flushed() => mark_dirty(&mut self.core.dirty, token, ep),
+            _ => {}
+        }
+        self.core.arm(token);
+    }
+
+    fn fire_timers(&mut self) {
+        let now = self.core.now;
+        while let Some(&Reverse((at, token, id))) = self.core.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.core.timers.pop();
+            let Some(Endpoint::Conn(ep)) = self.core.endpoints.get_mut(token) else {
+                continue;
+            };
+            if ep.id != id || ep.timer != Some(at) || ep.reaping {
+                continue;
+            }
+            ep.timer = None;
+            ep.conn.handle_timeout(now);
+            if ep.conn.state() == State::Closed {
+                close_ep(&mut self.core.closing, token, ep, None);
+            } else {
+                mark_dirty(&mut self.core.dirty, token, ep);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut dirty = std::mem::take(&mut self.core.dirty);
+        for &token in &dirty {
+            if let Some(Endpoint::Conn(ep)) = self.core.endpoints.get_mut(token) {
+                ep.dirty = false;
+                self.flush_one(token);
+            }
+        }
+        dirty.clear();
+        if self.core.dirty.is_empty() {
+            self.core.dirty = dirty;
+        }
+    }
+
+    /// Flushes a connection's batch if due and writes its output until done or blocked.
+    fn flush_one(&mut self, token: usize) {
+        let now = self.core.now;
+        let Some(Endpoint::Conn(ep)) = self.core.endpoints.get_mut(token) else {
+            return;
+        };
+        if ep.reaping || !ep.connected {
+            return;
+        }
+        let Some(service) = self.services.get(ep.service) else {
+            return;
+        };
+        let stats = service.stats();
+        while let Some(bytes) = ep.conn.poll_transmit(now) {
+            if !ep.writable {
+                break;
+            }
+            match ep.stream.write(bytes) {
+                Ok(n) => {
+                    stats.inc(C::write_calls);
+                    stats.add(C::bytes_written, n as u64);
+                    ep.conn.handle_sent(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ep.writable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    stats.inc(C::write_errors);
+                    close_ep(
+                        &mut self.core.closing,
+                        token,
+                        ep,
+                        Some(Error::Io(Arc::new(e))),
+                    );
+                    return;
+                }
+            }
+        }
+        let c = ep.conn.counters();
+        stats.add(C::flushes, c.flushes - ep.seen.flushes);
+        stats.add(C::frames_written, c.frames_out - ep.seen.frames_out);
+        ep.seen.flushes = c.flushes;
+        ep.seen.frames_out = c.frames_out;
+        if ep.conn.state() == State::Closed {
+            close_ep(&mut self.core.closing, token, ep, None);
+        } else {
+            self.core.arm(token);
+        }
+    }
+
+    /// Removes closed connections and tells their owners.
+    fn reap(&mut self) {
+        while let Some(token) = self.core.closing.pop() {
+            let Some(Endpoint::Conn(_)) = self.core.endpoints.get(token) else {
+                continue;
+            };
+            let Endpoint::Conn(mut ep) = self.core.endpoints.remove(token) else {
+                unreachable!("checked above");
+            };
+            let _ = self.core.registry.deregister(ep.stream.source());
+            let cause = ep.cause.take().or_else(|| match ep.conn.close_reason() {
+                Some(Err(e)) => Some(Error::Protocol(e.clone())),
+                _ => None,
+            });
+            if let Some(service) = self.services.get_mut(ep.service) {
+                if matches!(cause, Some(Error::Protocol(_))) {
+                    service.stats().inc(C::protocol);
+                }
+                service.on_conn_closed(&mut self.core, token, ep, cause);
+            }
+        }
+    }
+}
+
+/// Runs `reactor` on a thread of its own until every service on it has finished.
+pub(crate) fn spawn(mut reactor: Reactor, name: String) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(name).spawn(move || {
+        // A poll error is not recoverable; dropping the reactor completes every pending call
+        // of its clients with `Error::Closed` and closes every connection.
+        let _ = reactor.run();
+    })
+}

@@ -1,0 +1,370 @@
+//! The server's reactor side: accepting, turning frames into jobs, returning responses,
+//! backpressure and graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::pool::{Job, Pool};
+use super::{ConnInfo, ServerConfig, ServerShared};
+use crate::reactor::{ConnEp, ConnRole, Core, Service};
+use crate::stats::{SharedStats, C};
+use crate::transport::Stream;
+use crate::wire::conn::Conn;
+use crate::wire::ProtocolError;
+use crate::Error;
+
+/// Most requests in one job: a large read is split so that several workers share it.
+const JOB_MAX_REQUESTS: u32 = 64;
+/// A connection whose unsent responses exceed this is not read from until they drain.
+const MAX_SEND_BACKLOG: usize = 4 << 20;
+
+/// The server's state for one connection.
+pub(crate) struct ServerConn {
+    info: Arc<ConnInfo>,
+    /// Requests read but not yet handed to a worker.
+    job: Option<Job>,
+    /// Jobs of this connection at the workers.
+    in_flight: u32,
+    /// Reading paused (backpressure); the token is in `ServerCore::paused`.
+    paused: bool,
+}
+
+pub(crate) struct ServerCore {
+    id: usize,
+    cfg: Arc<ServerConfig>,
+    shared: Arc<ServerShared>,
+    pool: Option<Arc<Pool>>,
+    listeners: Vec<usize>,
+    /// Recycled jobs.
+    spare: Vec<Job>,
+    /// Jobs at the workers.
+    jobs_out: usize,
+    /// Requests read and not yet answered.
+    queued: usize,
+    paused: Vec<usize>,
+    conns: usize,
+    /// For handlers run inline (no workers).
+    scratch: Vec<u8>,
+    draining: bool,
+    finished: bool,
+}
+
+impl ServerCore {
+    pub fn new(
+        id: usize,
+        cfg: Arc<ServerConfig>,
+        shared: Arc<ServerShared>,
+        pool: Option<Arc<Pool>>,
+        listeners: Vec<usize>,
+    ) -> ServerCore {
+        ServerCore {
+            id,
+            cfg,
+            shared,
+            pool,
+            listeners,
+            spare: Vec::new(),
+            jobs_out: 0,
+            queued: 0,
+            paused: Vec::new(),
+            conns: 0,
+            scratch: Vec::new(),
+            draining: false,
+            finished: false,
+        }
+    }
+
+    fn take_job(&mut self, token: usize, conn_id: u64, info: &Arc<ConnInfo>) -> Job {
+        match self.spare.pop() {
+            Some(mut job) => {
+                job.reset(token, conn_id, info);
+                job
+            }
+            None => Job::new(token, conn_id, info),
+        }
+    }
+
+    /// Hands the connection's accumulated requests to a worker, or runs them inline.
+    fn dispatch(&mut self, sc: &mut ServerConn, conn: &mut Conn) {
+        let Some(mut job) = sc.job.take() else {
+            return;
+        };
+        let Some(pool) = &self.pool else {
+            job.run(
+                &*self.cfg.handler,
+                &mut self.scratch,
+                self.cfg.conn.max_frame_len,
+            );
+            self.answer(&mut job, conn);
+            self.spare.push(job);
+            return;
+        };
+        match pool.submit(job) {
+            Ok(()) => {
+                sc.in_flight += 1;
+                self.jobs_out += 1;
+            }
+            Err(mut job) => {
+                job.run(
+                    &*self.cfg.handler,
+                    &mut self.scratch,
+                    self.cfg.conn.max_frame_len,
+                );
+                self.answer(&mut job, conn);
+                self.spare.push(job);
+            }
+        }
+    }
+
+    /// Queues a finished job's responses on its connection and counts it.
+    fn answer(&mut self, job: &mut Job, conn: &mut Conn) {
+        conn.queue_encoded(&job.responses, job.nresp);
+        self.account(job);
+    }
+
+    fn account(&mut self, job: &Job) {
+        self.queued -= job.nreq as usize;
+        let stats = &self.shared.stats;
+        stats.add(C::calls, u64::from(job.nreq - job.failed));
+        stats.add(C::server, u64::from(job.failed));
+    }
+
+    fn may_take_more(&self) -> bool {
+        self.queued < self.cfg.max_queued_requests && self.jobs_out < self.cfg.max_jobs
+    }
+
+    fn return_finished_jobs(&mut self, core: &mut Core) {
+        let Some(pool) = self.pool.clone() else {
+            return;
+        };
+        while let Some(mut job) = pool.finished() {
+            self.jobs_out -= 1;
+            match core.conn(job.token) {
+                Some(ep) if ep.id == job.conn_id => {
+                    let ConnRole::Server(sc) = &mut ep.role else {
+                        unreachable!("server job on a client connection");
+                    };
+                    sc.in_flight -= 1;
+                    ep.conn.queue_encoded(&job.responses, job.nresp);
+                    self.account(&job);
+                    // Pipeline mode: the requests that arrived meanwhile go next, in order.
+                    if sc.in_flight == 0 && sc.job.is_some() {
+                        self.dispatch(sc, &mut ep.conn);
+                    }
+                    core.mark_dirty(job.token);
+                }
+                // The connection is gone: its answers have nobody to go to.
+                _ => self.account(&job),
+            }
+            job.requests.clear();
+            self.spare.push(job);
+        }
+    }
+
+    /// Reads again from paused connections once the server has room and their responses have
+    /// drained (the reactor writes on writability before services take their turn).
+    fn resume_paused(&mut self, core: &mut Core) {
+        if self.paused.is_empty() || !self.may_take_more() {
+            return;
+        }
+        let mut i = 0;
+        while i < self.paused.len() {
+            let token = self.paused[i];
+            match core.conn(token) {
+                Some(ep) if ep.conn.send_backlog() >= MAX_SEND_BACKLOG / 2 => i += 1,
+                Some(ep) => {
+                    if let ConnRole::Server(sc) = &mut ep.role {
+                        sc.paused = false;
+                    }
+                    core.to_read.push(token);
+                    self.paused.swap_remove(i);
+                }
+                None => {
+                    self.paused.swap_remove(i);
+                }
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, core: &mut Core) {
+        self.draining = true;
+        for token in self.listeners.drain(..) {
+            core.remove_listener(token);
+        }
+        let id = self.id;
+        for (_, ep) in core.endpoints.iter_mut() {
+            if let crate::reactor::Endpoint::Conn(ep) = ep {
+                if ep.service == id {
+                    ep.conn.begin_drain();
+                }
+            }
+        }
+    }
+
+    /// While draining: closes connections with nothing left to answer or write; finishes
+    /// when none remain.
+    fn close_drained(&mut self, core: &mut Core) {
+        let id = self.id;
+        let mut done = Vec::new();
+        for (token, ep) in core.endpoints.iter_mut() {
+            let crate::reactor::Endpoint::Conn(ep) = ep else {
+                continue;
+            };
+            if ep.service != id {
+                continue;
+            }
+            let ConnRole::Server(sc) = &ep.role else {
+                continue;
+            };
+            if sc.in_flight == 0 && sc.job.is_none() && ep.conn.is_flushed() {
+                done.push(token);
+            }
+        }
+        for token in done {
+            core.close_conn(token, None);
+        }
+        if self.conns == 0 && self.jobs_out == 0 && !self.finished {
+            self.finished = true;
+            if let Some(pool) = &self.pool {
+                pool.stop();
+            }
+            self.shared.mark_finished();
+        }
+    }
+}
+
+impl Service for ServerCore {
+    fn stats(&self) -> &SharedStats {
+        &self.shared.stats
+    }
+
+    fn accept(&mut self, core: &mut Core, stream: Stream) {
+        if self.draining || self.conns >= self.cfg.max_connections {
+            self.shared.stats.inc(C::accept_errors);
+            return; // dropping the stream closes it
+        }
+        let _ = stream.set_nodelay();
+        let info = Arc::new(ConnInfo {
+            peer: stream.peer_addr(),
+            conn_id: core.next_conn_id(),
+        });
+        if let Some(hook) = &self.cfg.on_connect {
+            if hook(&info).is_err() {
+                self.shared.stats.inc(C::accept_errors);
+                return;
+            }
+        }
+        let conn = Conn::new(self.cfg.conn.clone(), core.now);
+        let sc = ServerConn {
+            info,
+            job: None,
+            in_flight: 0,
+            paused: false,
+        };
+        match core.add_conn(stream, conn, self.id, true, ConnRole::Server(sc)) {
+            Ok(_) => {
+                self.conns += 1;
+                self.shared.stats.inc(C::open_connections);
+            }
+            Err(_) => self.shared.stats.inc(C::accept_errors),
+        }
+    }
+
+    fn on_frames(
+        &mut self,
+        token: usize,
+        ep: &mut ConnEp,
+        _now: Instant,
+    ) -> Result<(), ProtocolError> {
+        let ConnRole::Server(sc) = &mut ep.role else {
+            unreachable!("client connection given to a server");
+        };
+        let pipeline = self.cfg.pipeline;
+        let conn_id = ep.id;
+        while let Some(frame) = ep.conn.poll_frame()? {
+            if sc.job.is_none() {
+                sc.job = Some(self.take_job(token, conn_id, &sc.info));
+            }
+            let job = sc.job.as_mut().expect("just set");
+            job.push(frame.id, frame.kind, frame.payload);
+            self.queued += 1;
+            if !pipeline && job.nreq >= JOB_MAX_REQUESTS && self.jobs_out < self.cfg.max_jobs {
+                self.dispatch(sc, &mut ep.conn);
+            }
+        }
+        if sc.job.is_some() && (!pipeline || sc.in_flight == 0) {
+            self.dispatch(sc, &mut ep.conn);
+        }
+        Ok(())
+    }
+
+    fn may_read(&mut self, token: usize, ep: &mut ConnEp) -> bool {
+        if self.may_take_more() && ep.conn.send_backlog() < MAX_SEND_BACKLOG {
+            return true;
+        }
+        if let ConnRole::Server(sc) = &mut ep.role {
+            if !sc.paused {
+                sc.paused = true;
+                self.paused.push(token);
+            }
+        }
+        false
+    }
+
+    fn turn(&mut self, core: &mut Core) {
+        if !self.draining && self.shared.shutdown_requested() {
+            self.begin_shutdown(core);
+        }
+        self.return_finished_jobs(core);
+        self.resume_paused(core);
+        if self.draining {
+            self.close_drained(core);
+        }
+    }
+
+    fn on_conn_closed(
+        &mut self,
+        _core: &mut Core,
+        _token: usize,
+        ep: ConnEp,
+        cause: Option<Error>,
+    ) {
+        self.conns -= 1;
+        self.shared.stats.sub(C::open_connections, 1);
+        if let ConnRole::Server(sc) = ep.role {
+            if let Some(job) = sc.job {
+                self.queued -= job.nreq as usize;
+                self.spare.push(job);
+            }
+        }
+        if let Some(Error::Protocol(_)) = cause {
+            if ep.conn.peer_hello().is_none() {
+                self.shared.stats.inc(C::accept_errors);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    fn has_work(&self) -> bool {
+        self.pool.as_ref().is_some_and(|p| p.has_finished())
+            || (!self.draining && self.shared.shutdown_requested())
+    }
+
+    fn is_finished(&self) -> bool {
+        self.finished
+    }
+}
+
+impl Drop for ServerCore {
+    /// However the reactor lets go of the server (finished, or dropped), the workers stop and
+    /// a waiting `shutdown()` returns.
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.stop();
+        }
+        self.shared.mark_finished();
+    }
+}

@@ -1,0 +1,467 @@
+//! The server: listeners, a handler, a worker pool, limits and graceful shutdown.
+
+pub(crate) mod core;
+mod pool;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::reactor::{self, Reactor, ReactorShared};
+use crate::stats::{SharedStats, Stats};
+use crate::transport::{Address, CustomListener, Listener, ToAddress};
+use crate::wire::conn::{ConnConfig, Role};
+use crate::{Compression, Error, Result};
+
+/// What a handler returns on failure: any error; its text reaches the caller as
+/// [`Error::Server`].
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The handler's type, as stored.
+pub(crate) type HandlerFn =
+    dyn Fn(&RequestCtx, &[u8], &mut Vec<u8>) -> std::result::Result<(), HandlerError> + Send + Sync;
+
+type OnConnect = dyn Fn(&ConnInfo) -> std::result::Result<(), String> + Send + Sync;
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub(crate) peer: Address,
+    pub(crate) conn_id: u64,
+}
+
+impl ConnInfo {
+    /// The peer's address.
+    pub fn peer_addr(&self) -> &Address {
+        &self.peer
+    }
+
+    /// An id for the connection, unique within its reactor.
+    pub fn conn_id(&self) -> u64 {
+        self.conn_id
+    }
+}
+
+/// What a handler knows about the request it is answering.
+#[derive(Debug, Clone)]
+pub struct RequestCtx {
+    pub(crate) info: Arc<ConnInfo>,
+}
+
+impl RequestCtx {
+    /// The connection the request came on.
+    pub fn conn(&self) -> &ConnInfo {
+        &self.info
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> &Address {
+        &self.info.peer
+    }
+
+    /// The connection's id, unique within its reactor.
+    pub fn conn_id(&self) -> u64 {
+        self.info.conn_id
+    }
+}
+
+/// Settings the server's reactor side reads.
+pub(crate) struct ServerConfig {
+    pub conn: ConnConfig,
+    pub handler: Arc<HandlerFn>,
+    pub pipeline: bool,
+    pub max_connections: usize,
+    pub max_queued_requests: usize,
+    pub max_jobs: usize,
+    pub on_connect: Option<Arc<OnConnect>>,
+}
+
+/// State shared by the server handle and its reactor side.
+pub(crate) struct ServerShared {
+    pub stats: SharedStats,
+    shutdown: AtomicBool,
+    finished: Mutex<bool>,
+    finished_cv: Condvar,
+    reactor: Arc<ReactorShared>,
+}
+
+impl ServerShared {
+    pub fn shutdown_requested(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    pub fn mark_finished(&self) {
+        *self.finished.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.finished_cv.notify_all();
+    }
+
+    fn is_finished(&self) -> bool {
+        *self.finished.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Builds a [`Server`]. Every setting has a default; only the handler is required.
+///
+/// | setting | default |
+/// |---|---|
+/// | [`workers`](Self::workers) | available cores |
+/// | [`max_batch_delay`](Self::max_batch_delay) | zero: flush at the end of each reactor turn |
+/// | [`compression`](Self::compression) | [`Compression::None`] |
+/// | [`pipeline`](Self::pipeline) | `false` |
+/// | [`max_connections`](Self::max_connections) | 10 000 |
+/// | [`max_queued_requests`](Self::max_queued_requests) | 10 000 |
+/// | [`max_frame_len`](Self::max_frame_len) | 64 MiB |
+/// | [`handshake_timeout`](Self::handshake_timeout) | 3 s |
+#[must_use]
+pub struct ServerBuilder {
+    workers: usize,
+    conn: ConnConfig,
+    pipeline: bool,
+    handler: Option<Arc<HandlerFn>>,
+    max_connections: usize,
+    max_queued_requests: usize,
+    on_connect: Option<Arc<OnConnect>>,
+    extra: Vec<Address>,
+    custom: Vec<Box<dyn CustomListener>>,
+    name: String,
+}
+
+impl fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("workers", &self.workers)
+            .field("conn", &self.conn)
+            .field("pipeline", &self.pipeline)
+            .field("max_connections", &self.max_connections)
+            .field("max_queued_requests", &self.max_queued_requests)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            conn: ConnConfig::new(Role::Server),
+            pipeline: false,
+            handler: None,
+            max_connections: 10_000,
+            max_queued_requests: 10_000,
+            on_connect: None,
+            extra: Vec::new(),
+            custom: Vec::new(),
+            name: "batchrpc-server".into(),
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// Worker threads running the handler. `0` runs handlers inline on the reactor thread:
+    /// the fastest choice for handlers that take well under a microsecond and never block.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// How long responses may wait to be batched. Zero (the default) flushes at the end of
+    /// every reactor turn, which already batches everything finished during the turn.
+    pub fn max_batch_delay(mut self, delay: Duration) -> Self {
+        self.conn.max_batch_delay = delay;
+        self
+    }
+
+    /// The compression of the response stream (each direction chooses its own).
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.conn.compression = compression;
+        self
+    }
+
+    /// The flate level, 0 to 9 (default 1, fast).
+    pub fn flate_level(mut self, level: u32) -> Self {
+        self.conn.flate_level = level.min(9);
+        self
+    }
+
+    /// `true`: one connection's requests run one after another, in arrival order, and their
+    /// responses go out in that order (fastrpc's `PipelineRequests`).
+    pub fn pipeline(mut self, pipeline: bool) -> Self {
+        self.pipeline = pipeline;
+        self
+    }
+
+    /// The request handler: reads the request, appends the response to `resp` (empty on
+    /// entry), and returns `Ok(())`, or an error whose text the caller receives as
+    /// [`Error::Server`]. A panic is caught and reported the same way.
+    pub fn handler<F>(mut self, handler: F) -> Self
+    where
+        F: Fn(&RequestCtx, &[u8], &mut Vec<u8>) -> std::result::Result<(), HandlerError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.handler = Some(Arc::new(handler));
+        self
+    }
+
+    /// Most connections at once; more are accepted and closed at once (counted in
+    /// `accept_errors`).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// Most requests read and not yet answered. At the limit the reactor stops reading
+    /// (TCP backpressure slows the clients) instead of queueing without bound.
+    pub fn max_queued_requests(mut self, n: usize) -> Self {
+        self.max_queued_requests = n.max(1);
+        self
+    }
+
+    /// Largest request accepted, and largest response sent (a larger response is replaced by
+    /// an error response).
+    pub fn max_frame_len(mut self, len: u32) -> Self {
+        self.conn.max_frame_len = len;
+        self
+    }
+
+    /// Time a new connection has to complete its handshake.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.conn.handshake_timeout = timeout;
+        self
+    }
+
+    /// Called for each accepted connection before anything is read from it; an `Err` closes
+    /// it (counted in `accept_errors`).
+    pub fn on_connect<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&ConnInfo) -> std::result::Result<(), String> + Send + Sync + 'static,
+    {
+        self.on_connect = Some(Arc::new(hook));
+        self
+    }
+
+    /// Also listens on `addr` (TCP `host:port`, or `unix:/path`).
+    pub fn listen(mut self, addr: impl ToAddress) -> Result<Self> {
+        self.extra.push(addr.to_address()?);
+        Ok(self)
+    }
+
+    /// Also accepts from a custom transport.
+    pub fn listener(mut self, listener: impl CustomListener) -> Self {
+        self.custom.push(Box::new(listener));
+        self
+    }
+
+    /// Names the reactor and worker threads (default `batchrpc-server`).
+    pub fn thread_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Listens on `addr` and runs the server on a reactor thread of its own.
+    pub fn bind(self, addr: impl ToAddress) -> Result<Server> {
+        let mut reactor = Reactor::new()?;
+        let name = self.name.clone();
+        let mut server = self.bind_on(&mut reactor, addr)?;
+        server.reactor_thread = Some(reactor::spawn(reactor, name)?);
+        Ok(server)
+    }
+
+    /// Listens on `addr` and attaches the server to `reactor`, which you drive. Worker threads
+    /// are still started unless [`workers`](Self::workers) is 0.
+    pub fn bind_on(mut self, reactor: &mut Reactor, addr: impl ToAddress) -> Result<Server> {
+        let handler = self
+            .handler
+            .take()
+            .ok_or_else(|| Error::Config("no handler set".into()))?;
+        for c in [self.conn.compression] {
+            if !c.is_available() {
+                return Err(Error::Config(format!("compression {c} is not compiled in")));
+            }
+        }
+        let mut addrs = vec![addr.to_address()?];
+        addrs.append(&mut self.extra);
+        let mut listeners = Vec::new();
+        for a in &addrs {
+            listeners.push(Listener::bind(a)?);
+        }
+        listeners.extend(self.custom.drain(..).map(Listener::Custom));
+        let local: Vec<Address> = listeners.iter().map(Listener::local_addr).collect();
+
+        let max_jobs = (self.workers * 64).max(64);
+        let (pool, worker_threads) = match self.workers {
+            0 => (None, Vec::new()),
+            n => {
+                let (pool, threads) = pool::Pool::start(
+                    n,
+                    max_jobs,
+                    handler.clone(),
+                    self.conn.max_frame_len,
+                    reactor.shared().clone(),
+                    &self.name,
+                )?;
+                (Some(pool), threads)
+            }
+        };
+        let shared = Arc::new(ServerShared {
+            stats: SharedStats::default(),
+            shutdown: AtomicBool::new(false),
+            finished: Mutex::new(false),
+            finished_cv: Condvar::new(),
+            reactor: reactor.shared().clone(),
+        });
+        let cfg = Arc::new(ServerConfig {
+            conn: self.conn,
+            handler,
+            pipeline: self.pipeline,
+            max_connections: self.max_connections,
+            max_queued_requests: self.max_queued_requests,
+            max_jobs,
+            on_connect: self.on_connect,
+        });
+        let shared2 = shared.clone();
+        let pool2 = pool.clone();
+        let added = reactor.add_service(move |id, core| {
+            let mut tokens = Vec::new();
+            for l in listeners {
+                tokens.push(core.add_listener(l, id)?);
+            }
+            Ok(Box::new(core::ServerCore::new(
+                id, cfg, shared2, pool2, tokens,
+            )))
+        });
+        if let Err(e) = added {
+            if let Some(pool) = pool {
+                pool.stop();
+            }
+            for t in worker_threads {
+                let _ = t.join();
+            }
+            return Err(e);
+        }
+        Ok(Server {
+            shared,
+            local,
+            reactor_thread: None,
+            worker_threads: Mutex::new(worker_threads),
+        })
+    }
+}
+
+/// A running server. Dropping it shuts it down gracefully (see [`Server::shutdown`]).
+///
+/// ```
+/// # fn main() -> Result<(), batchrpc::Error> {
+/// use batchrpc::{Client, Server};
+/// let server = Server::builder()
+///     .handler(|_ctx: &batchrpc::RequestCtx, req: &[u8], resp: &mut Vec<u8>| {
+///         resp.extend_from_slice(req);
+///         Ok(())
+///     })
+///     .bind("127.0.0.1:0")?;
+/// let client = Client::builder(server.local_addr()).connect()?;
+/// assert_eq!(&*client.call(b"hello")?, b"hello");
+/// # Ok(()) }
+/// ```
+pub struct Server {
+    shared: Arc<ServerShared>,
+    local: Vec<Address>,
+    reactor_thread: Option<JoinHandle<()>>,
+    worker_threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A builder with the defaults.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The first address the server listens on (with the port the system chose for `:0`).
+    pub fn local_addr(&self) -> Address {
+        self.local[0].clone()
+    }
+
+    /// Every address the server listens on.
+    pub fn local_addrs(&self) -> &[Address] {
+        &self.local
+    }
+
+    /// A snapshot of the server's counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Stops accepting, stops reading new requests, answers every request already read,
+    /// flushes, closes every connection, and stops the workers.
+    ///
+    /// With a reactor of its own ([`ServerBuilder::bind`]) this blocks until all of that is
+    /// done and the threads are joined. On a reactor you drive ([`ServerBuilder::bind_on`]) it
+    /// only starts the shutdown: keep driving until [`Server::is_shut_down`].
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.reactor.notify();
+        if self.reactor_thread.is_some() {
+            let mut done = self
+                .shared
+                .finished
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            while !*done {
+                done = self
+                    .shared
+                    .finished_cv
+                    .wait(done)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            drop(done);
+            self.join_workers();
+        }
+    }
+
+    /// True once a shutdown has completed.
+    pub fn is_shut_down(&self) -> bool {
+        let finished = self.shared.is_finished();
+        if finished {
+            self.join_workers();
+        }
+        finished
+    }
+
+    fn join_workers(&self) {
+        let threads = std::mem::take(
+            &mut *self
+                .worker_threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.reactor_thread.is_some() {
+            self.shutdown();
+            if let Some(t) = self.reactor_thread.take() {
+                let _ = t.join();
+            }
+        } else {
+            // On a reactor driven by the user: ask for the shutdown; the reactor finishes it
+            // on its next turns. Workers exit when it completes.
+            self.shared.shutdown.store(true, Ordering::Release);
+            self.shared.reactor.notify();
+        }
+    }
+}

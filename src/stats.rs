@@ -1,0 +1,200 @@
+//! Counters of a client or server, read as a [`Stats`] snapshot.
+//!
+//! The reactor and the caller threads bump shared atomic counters; [`crate::Client::stats`]
+//! and [`crate::Server::stats`] copy them out. The figures show the batching at work:
+//! [`Stats::frames_per_write`] is how many calls (or responses) one `write()` carried.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A snapshot of a client's or server's counters since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Client: calls completed with a response (including `send`s written). Server: requests
+    /// handled.
+    pub calls: u64,
+    /// Calls or requests that ended in an error, by kind.
+    pub errors: ErrorCounts,
+    /// Sum of call durations, submission to completion (client), in nanoseconds.
+    pub call_time_ns: u64,
+    /// Bytes read from sockets.
+    pub bytes_read: u64,
+    /// Bytes written to sockets.
+    pub bytes_written: u64,
+    /// `read()` calls that returned data or end of stream.
+    pub read_calls: u64,
+    /// `read()` calls that failed (other than would-block).
+    pub read_errors: u64,
+    /// `write()` calls that wrote something.
+    pub write_calls: u64,
+    /// `write()` calls that failed (other than would-block).
+    pub write_errors: u64,
+    /// Connections dialed (client).
+    pub dials: u64,
+    /// Dials that failed, or whose handshake failed (client).
+    pub dial_errors: u64,
+    /// Connections accepted (server).
+    pub accepts: u64,
+    /// Accepts that failed, or were refused (limits, `on_connect`, handshake) (server).
+    pub accept_errors: u64,
+    /// Batches flushed: each is one contiguous chunk handed to `write()`.
+    pub flushes: u64,
+    /// Frames written (requests or responses), summed over all flushes.
+    pub frames_written: u64,
+    /// Frames read.
+    pub frames_read: u64,
+    /// Connections open now.
+    pub open_connections: u64,
+}
+
+/// Errors by kind; see [`crate::Error`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ErrorCounts {
+    /// [`crate::Error::Timeout`].
+    pub timeout: u64,
+    /// [`crate::Error::Overflow`].
+    pub overflow: u64,
+    /// [`crate::Error::ConnectionLost`].
+    pub connection_lost: u64,
+    /// [`crate::Error::Server`]: handler errors and panics.
+    pub server: u64,
+    /// [`crate::Error::Closed`] and [`crate::Error::Canceled`].
+    pub closed: u64,
+    /// Connections closed for a protocol violation (including handshake failures).
+    pub protocol: u64,
+    /// [`crate::Error::TooLarge`].
+    pub too_large: u64,
+    /// Responses that matched no pending call (late after a timeout, or unknown), discarded.
+    pub stale_responses: u64,
+}
+
+impl Stats {
+    /// Mean frames per flush: how many calls one `write()` carried.
+    pub fn frames_per_write(&self) -> f64 {
+        self.frames_written as f64 / self.flushes.max(1) as f64
+    }
+
+    /// Mean call duration (client).
+    pub fn avg_call_time(&self) -> Duration {
+        Duration::from_nanos(self.call_time_ns / self.calls.max(1))
+    }
+}
+
+macro_rules! counters {
+    ($($name:ident => $($field:ident).+;)*) => {
+        /// One shared counter per [`Stats`] field.
+        #[derive(Clone, Copy, Debug)]
+        #[allow(non_camel_case_types)]
+        pub(crate) enum C { $($name,)* }
+
+        const COUNT: usize = [$(C::$name),*].len();
+
+        impl SharedStats {
+            pub(crate) fn snapshot(&self) -> Stats {
+                let mut s = Stats::default();
+                $( s.$($field).+ = self.get(C::$name); )*
+                s
+            }
+        }
+    };
+}
+
+counters! {
+    calls => calls;
+    call_time_ns => call_time_ns;
+    bytes_read => bytes_read;
+    bytes_written => bytes_written;
+    read_calls => read_calls;
+    read_errors => read_errors;
+    write_calls => write_calls;
+    write_errors => write_errors;
+    dials => dials;
+    dial_errors => dial_errors;
+    accepts => accepts;
+    accept_errors => accept_errors;
+    flushes => flushes;
+    frames_written => frames_written;
+    frames_read => frames_read;
+    open_connections => open_connections;
+    timeout => errors.timeout;
+    overflow => errors.overflow;
+    connection_lost => errors.connection_lost;
+    server => errors.server;
+    closed => errors.closed;
+    protocol => errors.protocol;
+    too_large => errors.too_large;
+    stale_responses => errors.stale_responses;
+}
+
+/// The shared counters behind [`Stats`].
+pub(crate) struct SharedStats {
+    c: [AtomicU64; COUNT],
+}
+
+impl Default for SharedStats {
+    fn default() -> Self {
+        SharedStats {
+            c: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl SharedStats {
+    #[inline]
+    pub(crate) fn add(&self, c: C, n: u64) {
+        self.c[c as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn inc(&self, c: C) {
+        self.add(c, 1);
+    }
+
+    #[inline]
+    pub(crate) fn sub(&self, c: C, n: u64) {
+        self.c[c as usize].fetch_sub(n, Ordering::Relaxed);
+    }
+
+    fn get(&self, c: C) -> u64 {
+        self.c[c as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts an error by its kind.
+    pub(crate) fn error(&self, e: &crate::Error) {
+        use crate::Error;
+        let c = match e {
+            Error::Timeout => C::timeout,
+            Error::Overflow => C::overflow,
+            Error::ConnectionLost(_) | Error::Connect { .. } | Error::Io(_) | Error::Refused(_) => {
+                C::connection_lost
+            }
+            Error::Server(_) => C::server,
+            Error::Protocol(_) => C::protocol,
+            Error::TooLarge { .. } => C::too_large,
+            Error::Canceled | Error::Closed | Error::Config(_) => C::closed,
+        };
+        self.inc(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_maps_every_counter_to_its_field() {
+        let s = SharedStats::default();
+        s.add(C::calls, 3);
+        s.add(C::flushes, 2);
+        s.add(C::frames_written, 9);
+        s.inc(C::stale_responses);
+        s.error(&crate::Error::Timeout);
+        let snap = s.snapshot();
+        assert_eq!(snap.calls, 3);
+        assert_eq!(snap.errors.timeout, 1);
+        assert_eq!(snap.errors.stale_responses, 1);
+        assert_eq!(snap.frames_per_write(), 4.5);
+    }
+}

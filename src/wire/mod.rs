@@ -1,0 +1,81 @@
+//! The sans-IO protocol: fed bytes and times, hands bytes and frames back.
+//!
+//! Nothing in this module touches a socket, a thread or a clock, so all of it is unit-tested,
+//! property-tested and fuzzed without a network. The reactor drives it.
+//!
+//! - [`handshake`]: the hello exchange (magic, version, compression, TLS wish).
+//! - [`frame`]: the native frame, encoder and zero-copy decoder with limits.
+//! - [`compress`]: streaming codecs over a whole direction of a connection.
+//! - [`conn`]: the per-connection state machine: buffers, batching, flush policy.
+
+pub mod buffer;
+pub mod compress;
+pub mod conn;
+mod crc32c;
+pub mod frame;
+pub mod handshake;
+
+use std::fmt;
+
+use compress::DecompressError;
+use frame::{FrameError, FrameKind};
+use handshake::HandshakeError;
+
+/// A violation of the protocol by the peer (or by the configuration it met). Fatal to the
+/// connection it happened on, and to nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The hello exchange failed.
+    Handshake(HandshakeError),
+    /// A frame header was invalid.
+    Frame(FrameError),
+    /// The peer's compressed stream was invalid.
+    Decompress(DecompressError),
+    /// A frame of a kind this side never receives (a request sent to a client, a response to
+    /// a server).
+    UnexpectedKind(FrameKind),
+    /// The stream ended inside the hello or a frame.
+    Truncated,
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolError::Handshake(e) => write!(f, "handshake: {e}"),
+            ProtocolError::Frame(e) => write!(f, "frame: {e}"),
+            ProtocolError::Decompress(e) => write!(f, "decompression: {e}"),
+            ProtocolError::UnexpectedKind(k) => write!(f, "unexpected frame kind {k:?}"),
+            ProtocolError::Truncated => f.write_str("stream ended inside a frame"),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ProtocolError::Handshake(e) => Some(e),
+            ProtocolError::Frame(e) => Some(e),
+            ProtocolError::Decompress(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<FrameError> for ProtocolError {
+    fn from(e: FrameError) -> Self {
+        ProtocolError::Frame(e)
+    }
+}
+
+impl From<HandshakeError> for ProtocolError {
+    fn from(e: HandshakeError) -> Self {
+        ProtocolError::Handshake(e)
+    }
+}
+
+impl From<DecompressError> for ProtocolError {
+    fn from(e: DecompressError) -> Self {
+        ProtocolError::Decompress(e)
+    }
+}
