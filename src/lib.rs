@@ -1,4 +1,124 @@
-//! batchrpc: batched RPC over a few connections, without an async runtime.
+//! Batched, multiplexed RPC over a few connections, without an async runtime.
+//!
+//! batchrpc does what Go's gorpc and fastrpc do: many concurrent calls share a few TCP (or
+//! Unix) connections, requests and responses are packed into batches so that one `write()`
+//! carries hundreds of calls, and each direction's stream may be compressed as a whole. One
+//! hand-written [mio] reactor thread does all the I/O; handlers run on a fixed pool of worker
+//! threads fed through lock-free queues. There is no `async`, no Tokio, and you may drive the
+//! reactor from your own event loop.
+//!
+//! # Quick start
+//!
+//! ```
+//! use std::time::Duration;
+//! use batchrpc::{Client, RequestCtx, Server};
+//!
+//! # fn main() -> Result<(), batchrpc::Error> {
+//! let server = Server::builder()
+//!     .handler(|_ctx: &RequestCtx, req: &[u8], resp: &mut Vec<u8>| {
+//!         resp.extend_from_slice(req);
+//!         Ok(()) // Err(e) reaches the caller as Error::Server(e.to_string())
+//!     })
+//!     .bind("127.0.0.1:0")?;
+//!
+//! let client = Client::builder(server.local_addr()).connect()?;
+//! let resp = client.call(b"foobar")?; // blocking; `resp` derefs to [u8]
+//! assert_eq!(&*resp, b"foobar");
+//! let resp = client.call_timeout(b"x", Duration::from_millis(100))?;
+//! client.send(b"fire and forget")?; // no response
+//! let pending = client.call_async(b"later")?; // wait(), try_wait(), is_done(); drop = cancel
+//! assert_eq!(&*pending.wait()?, b"later");
+//! # drop(resp);
+//! server.shutdown(); // stop accepting, finish what was read, flush, close
+//! # Ok(()) }
+//! ```
+//!
+//! # Calls
+//!
+//! A [`Client`] is a cheap-to-clone handle usable from any number of threads. Its calls are
+//! [`Client::call`] (blocking), [`Client::call_timeout`], [`Client::call_async`] (a
+//! [`PendingCall`]), [`Client::send`] (no response) and [`Client::batch`] (many calls handed
+//! over together). Every call completes exactly once: with its [`Response`], or with an
+//! [`Error`] that says why not. Calls never hang: each has a deadline (the client's
+//! `request_timeout`, 20 s by default, or the one given), enforced by a timer on the reactor.
+//!
+//! # Errors
+//!
+//! [`Error`] separates what concerns one call ([`Error::Timeout`], [`Error::Overflow`],
+//! [`Error::Server`], [`Error::TooLarge`], [`Error::Canceled`]) from what concerns a connection
+//! (the calls it carried fail with [`Error::ConnectionLost`], whose cause is an [`Error::Io`],
+//! [`Error::Protocol`] or [`Error::Refused`]) and from what concerns the whole client
+//! ([`Error::Closed`]). A lost connection is redialed with exponential backoff and jitter;
+//! calls made meanwhile wait for it within their deadlines.
+//!
+//! # Batching
+//!
+//! Outgoing frames collect in a per-connection buffer and are flushed once per reactor turn:
+//! everything the callers (or the workers) produced while the reactor was busy goes out in one
+//! `write()`. With [`ClientBuilder::max_batch_delay`] / [`ServerBuilder::max_batch_delay`]
+//! above zero, a batch also waits up to that long for more frames (or until 64 KiB), which
+//! trades latency for fewer, larger writes. [`Stats::frames_per_write`] shows the effect.
+//!
+//! # Compression
+//!
+//! Each side compresses what it writes with [`Compression::None`], [`Compression::Flate`]
+//! (raw deflate, sync-flushed per batch; cargo feature `flate`) or [`Compression::Snappy`]
+//! (snappy framing format; cargo feature `snappy`). The whole stream is one compression
+//! context, so repeated content across calls compresses well. Decompression is bounded: a
+//! peer cannot make a connection hold more than one maximum-size frame of decompressed data.
+//!
+//! # Limits
+//!
+//! Everything is bounded: pending calls per client (`max_pending_requests`, then
+//! [`Error::Overflow`]), queued requests per server (`max_queued_requests`, then the reactor
+//! stops reading: backpressure), frame size (`max_frame_len`, 64 MiB), handshake time (3 s),
+//! connections (`max_connections`). A peer that breaks the protocol loses its connection and
+//! is counted in [`Stats`]; nothing else is affected.
+//!
+//! # Threads, and driving the reactor yourself
+//!
+//! [`ServerBuilder::bind`] and [`ClientBuilder::connect`] each run a [`Reactor`] on a thread of
+//! its own. [`ServerBuilder::bind_on`] and [`ClientBuilder::connect_on`] attach to a reactor
+//! you drive with [`Reactor::poll_once`] instead; one reactor can host many clients and
+//! servers. With `workers(0)` a server runs its handlers inline on the reactor thread.
+//!
+//! ```
+//! use std::time::Duration;
+//! use batchrpc::{Client, Reactor, RequestCtx, Server};
+//!
+//! # fn main() -> Result<(), batchrpc::Error> {
+//! let mut reactor = Reactor::new()?;
+//! let server = Server::builder()
+//!     .workers(0)
+//!     .handler(|_: &RequestCtx, req: &[u8], resp: &mut Vec<u8>| {
+//!         resp.extend_from_slice(req);
+//!         Ok(())
+//!     })
+//!     .bind_on(&mut reactor, "127.0.0.1:0")?;
+//! let client = Client::builder(server.local_addr()).connect_on(&mut reactor)?;
+//! let pending = client.call_async(b"ping")?;
+//! while !pending.is_done() {
+//!     reactor.poll_once(Some(Duration::from_millis(10)))?;
+//! }
+//! assert_eq!(&*pending.wait()?, b"ping");
+//! # Ok(()) }
+//! ```
+//!
+//! # Transports
+//!
+//! TCP (with `TCP_NODELAY`) is the default; addresses of the form `"unix:/path"` use Unix
+//! sockets; [`ClientBuilder::dialer`] and [`ServerBuilder::listener`] plug in any mio source
+//! ([`transport::CustomStream`], [`transport::CustomListener`]). `on_connect` hooks on both
+//! sides can refuse a peer before any call flows.
+//!
+//! # Layers
+//!
+//! - [`wire`]: the sans-IO protocol (hello, frames, codecs, the connection state machine). It
+//!   never touches a socket, a thread or a clock, so it is unit-tested and fuzzed on its own.
+//! - [`Reactor`]: the only place that does I/O.
+//! - [`Server`], [`Client`]: the handles, their reactor sides, the worker pool.
+//!
+//! [mio]: https://docs.rs/mio
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -627,7 +627,7 @@ impl Drop for Response {
 /// batch.add(b"one")?;
 /// batch.add(b"two")?;
 /// let results = batch.call();
-/// assert_eq!(&*results[1].as_ref().unwrap(), b"two");
+/// assert_eq!(results[1].as_deref().unwrap(), b"two");
 /// # Ok(()) }
 /// ```
 pub struct Batch {

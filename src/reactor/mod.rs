@@ -305,6 +305,8 @@ pub struct Reactor {
     events: Events,
     /// (token, readable, writable) of this turn's events.
     ready: Vec<(usize, bool, bool)>,
+    /// Connections read this turn without an event (swapped with `core.to_read`).
+    reading: Vec<usize>,
     core: Core,
     services: Slab<Box<dyn Service>>,
 }
@@ -328,6 +330,7 @@ impl Reactor {
             poll,
             events: Events::with_capacity(1024),
             ready: Vec::with_capacity(1024),
+            reading: Vec::new(),
             core: Core {
                 registry,
                 endpoints: Slab::new(),
@@ -421,15 +424,11 @@ impl Reactor {
                 None => {}
             }
         }
-        let resumed = std::mem::take(&mut self.core.to_read);
-        for &token in &resumed {
-            self.read(token);
+        std::mem::swap(&mut self.core.to_read, &mut self.reading);
+        for i in 0..self.reading.len() {
+            self.read(self.reading[i]);
         }
-        let mut resumed = resumed;
-        resumed.clear();
-        if self.core.to_read.is_empty() {
-            self.core.to_read = resumed;
-        }
+        self.reading.clear();
 
         for (_, service) in self.services.iter_mut() {
             service.turn(&mut self.core);

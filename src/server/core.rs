@@ -223,7 +223,13 @@ impl ServerCore {
         for token in done {
             core.close_conn(token, None);
         }
-        if self.conns == 0 && self.jobs_out == 0 && !self.finished {
+        self.finish_if_drained();
+    }
+
+    /// Ends a shutdown once no connection and no job is left. Checked whenever either count
+    /// drops, so the reactor never has to wake up just to look.
+    fn finish_if_drained(&mut self) {
+        if self.draining && !self.finished && self.conns == 0 && self.jobs_out == 0 {
             self.finished = true;
             if let Some(pool) = &self.pool {
                 pool.stop();
@@ -342,6 +348,7 @@ impl Service for ServerCore {
                 self.shared.stats.inc(C::accept_errors);
             }
         }
+        self.finish_if_drained();
     }
 
     fn next_deadline(&self) -> Option<Instant> {

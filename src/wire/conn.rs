@@ -735,8 +735,8 @@ mod tests {
         /// A pair past the hello exchange, with both `poll_opened` cues consumed.
         fn open(client: ConnConfig, server: ConnConfig) -> Pair {
             let mut pair = Pair::new(client, server);
-            pair.to_server(NO_LIMIT);
-            pair.to_client(NO_LIMIT);
+            pair.client_to_server(NO_LIMIT);
+            pair.server_to_client(NO_LIMIT);
             assert_eq!(
                 (pair.client.state(), pair.server.state()),
                 (State::Open, State::Open)
@@ -747,14 +747,14 @@ mod tests {
         }
 
         /// Moves what the client writes now into the server, in reads of at most `piece`.
-        fn to_server(&mut self, piece: usize) -> Vec<u8> {
+        fn client_to_server(&mut self, piece: usize) -> Vec<u8> {
             let bytes = transmit(&mut self.client, self.now);
             feed(&mut self.server, &bytes, piece);
             bytes
         }
 
         /// Moves what the server writes now into the client, in reads of at most `piece`.
-        fn to_client(&mut self, piece: usize) -> Vec<u8> {
+        fn server_to_client(&mut self, piece: usize) -> Vec<u8> {
             let bytes = transmit(&mut self.server, self.now);
             feed(&mut self.client, &bytes, piece);
             bytes
@@ -827,14 +827,14 @@ mod tests {
                 assert_eq!(p.client.next_deadline(), Some(deadline));
                 assert_eq!(p.server.next_deadline(), Some(deadline));
 
-                assert_eq!(p.to_server(NO_LIMIT), Hello::new(cc, false).encode());
+                assert_eq!(p.client_to_server(NO_LIMIT), Hello::new(cc, false).encode());
                 assert_eq!(p.server.state(), State::Open);
                 assert_eq!(p.client.state(), State::Handshake);
                 assert!(p.server.poll_opened());
                 assert!(!p.server.poll_opened());
                 assert!(!p.client.poll_opened());
 
-                assert_eq!(p.to_client(NO_LIMIT), Hello::new(sc, false).encode());
+                assert_eq!(p.server_to_client(NO_LIMIT), Hello::new(sc, false).encode());
                 assert_eq!(p.client.state(), State::Open);
                 assert!(p.client.poll_opened());
                 assert!(!p.client.poll_opened());
@@ -863,7 +863,7 @@ mod tests {
             p.client.send_frame(1, FrameKind::Request, b"early");
             p.client.send_frame(2, FrameKind::RequestNoReply, b"");
             assert_eq!(
-                p.to_server(NO_LIMIT).len(),
+                p.client_to_server(NO_LIMIT).len(),
                 HELLO_LEN,
                 "only the hello before the answer"
             );
@@ -871,8 +871,8 @@ mod tests {
             assert_eq!(p.client.send_backlog(), 2 * HEADER_LEN + 5);
             assert_eq!(p.client.counters().flushes, 0);
 
-            p.to_client(NO_LIMIT);
-            p.to_server(NO_LIMIT);
+            p.server_to_client(NO_LIMIT);
+            p.client_to_server(NO_LIMIT);
             assert_eq!(
                 receive_ok(&mut p.server),
                 [
@@ -977,7 +977,7 @@ mod tests {
         let mut p = Pair::new(config(Role::Client, Compression::None), server_cfg);
         let reason = closed_with(ProtocolError::Handshake(HandshakeError::TlsRequired));
 
-        p.to_server(NO_LIMIT);
+        p.client_to_server(NO_LIMIT);
         assert_eq!(p.server.state(), State::Draining);
         assert_eq!(p.server.close_reason(), reason.as_ref());
         assert!(!p.server.poll_opened());
@@ -1011,9 +1011,9 @@ mod tests {
         let mut p = Pair::new(client_cfg, config(Role::Server, Compression::None));
         let reason = closed_with(ProtocolError::Handshake(HandshakeError::TlsNotOffered));
 
-        assert_eq!(p.to_server(NO_LIMIT), b"BRPC\x01\x00\x01");
+        assert_eq!(p.client_to_server(NO_LIMIT), b"BRPC\x01\x00\x01");
         assert_eq!(p.server.state(), State::Draining);
-        assert_eq!(p.to_client(NO_LIMIT), b"BRPC\x01\x00\x00");
+        assert_eq!(p.server_to_client(NO_LIMIT), b"BRPC\x01\x00\x00");
         assert_eq!(p.server.state(), State::Closed);
         assert_eq!(p.server.close_reason(), reason.as_ref());
         assert_eq!(p.client.state(), State::Closed);
@@ -1041,9 +1041,9 @@ mod tests {
                     ..config(Role::Server, Compression::None)
                 },
             );
-            p.to_server(NO_LIMIT);
+            p.client_to_server(NO_LIMIT);
             assert_eq!(
-                p.to_client(NO_LIMIT),
+                p.server_to_client(NO_LIMIT),
                 [b'B', b'R', b'P', b'C', 1, 0, agreed as u8]
             );
             assert_eq!(
@@ -1090,7 +1090,7 @@ mod tests {
             ..config(Role::Server, Compression::None)
         };
         let mut p = Pair::new(config(Role::Client, Compression::None), server_cfg);
-        p.to_server(NO_LIMIT);
+        p.client_to_server(NO_LIMIT);
         assert_eq!(p.server.state(), State::Draining);
         let deadline = p.now + Duration::from_secs(3);
         assert_eq!(p.server.next_deadline(), Some(deadline));
@@ -1146,7 +1146,7 @@ mod tests {
                 p.client.send_frame(1, Request, b"foobar");
                 p.client.send_frame(2, RequestNoReply, b"");
                 p.client.send_frame(u32::MAX, Request, &big);
-                p.to_server(NO_LIMIT);
+                p.client_to_server(NO_LIMIT);
                 assert_eq!(
                     receive_ok(&mut p.server),
                     [
@@ -1158,7 +1158,7 @@ mod tests {
                 );
                 p.server.send_frame(1, Response, &[0x5a; 261]);
                 p.server.send_frame(u32::MAX, ErrorResponse, b"boom");
-                p.to_client(NO_LIMIT);
+                p.server_to_client(NO_LIMIT);
                 assert_eq!(
                     receive_ok(&mut p.client),
                     [
@@ -1199,7 +1199,7 @@ mod tests {
                 p.client.send_frame(1, Request, b"fine");
                 p.client.send_frame(2, kind, b"wrong way");
                 p.client.send_frame(3, Request, b"never seen");
-                p.to_server(NO_LIMIT);
+                p.client_to_server(NO_LIMIT);
                 let (frames, end) = receive(&mut p.server);
                 assert_eq!(frames, [got(1, Request, b"fine")]);
                 assert_eq!(end, Err(ProtocolError::UnexpectedKind(kind)));
@@ -1218,7 +1218,7 @@ mod tests {
                 let mut p = Pair::open(config(Role::Client, c), config(Role::Server, c));
                 p.server.send_frame(1, Response, b"fine");
                 p.server.send_frame(2, kind, b"wrong way");
-                p.to_client(NO_LIMIT);
+                p.server_to_client(NO_LIMIT);
                 let (frames, end) = receive(&mut p.client);
                 assert_eq!(frames, [got(1, Response, b"fine")]);
                 assert_eq!(end, Err(ProtocolError::UnexpectedKind(kind)));
@@ -1241,7 +1241,7 @@ mod tests {
             let mut p = Pair::open(config(Role::Client, c), server_cfg);
             p.client.send_frame(1, FrameKind::Request, &[7; 10]);
             p.client.send_frame(2, FrameKind::Request, &[7; 11]);
-            p.to_server(NO_LIMIT);
+            p.client_to_server(NO_LIMIT);
             let (frames, end) = receive(&mut p.server);
             let err = ProtocolError::Frame(FrameError::TooLong { len: 11, max: 10 });
             assert_eq!(frames, [got(1, FrameKind::Request, &[7; 10])], "{c}");
@@ -1259,7 +1259,7 @@ mod tests {
                 config(Role::Server, Compression::None),
             );
             p.client.queue_encoded(&[1, 0, 0, 0, 9, 0, 0, 0, 0], 1);
-            p.to_server(NO_LIMIT);
+            p.client_to_server(NO_LIMIT);
             let (frames, end) = receive(&mut p.server);
             assert_eq!(frames, []);
             assert_eq!(end, Err(ProtocolError::Frame(FrameError::UnknownKind(9))));
@@ -1278,7 +1278,7 @@ mod tests {
             let mut header = [0; HEADER_LEN];
             frame::write_header(&mut header, 1, FrameKind::Request, 60 << 20);
             p.client.queue_encoded(&header, 1);
-            p.to_server(NO_LIMIT);
+            p.client_to_server(NO_LIMIT);
             assert_eq!(receive_ok(&mut p.server), []);
             assert!(
                 p.server.buffered_capacity() <= 2 * (MIN_RECV + DECODE_STEP),
@@ -1329,7 +1329,7 @@ mod tests {
             );
             p.client.send_frame(1, FrameKind::Request, b"a");
             p.client.send_frame(2, FrameKind::Request, b"bc");
-            p.to_server(NO_LIMIT);
+            p.client_to_server(NO_LIMIT);
             p.server.handle_eof();
             assert_eq!(
                 p.server.state(),
@@ -1398,7 +1398,7 @@ mod tests {
                 config(Role::Server, Compression::None),
             );
             p.client.send_frame(1, FrameKind::Request, b"whole");
-            p.to_server(NO_LIMIT);
+            p.client_to_server(NO_LIMIT);
             p.client
                 .send_frame(2, FrameKind::Request, &noise(20_000, 3));
             let batch = transmit(&mut p.client, p.now);
@@ -1489,7 +1489,7 @@ mod tests {
             assert_eq!(p.client.counters().flushes, 0);
 
             p.now = deadline;
-            p.to_server(NO_LIMIT);
+            p.client_to_server(NO_LIMIT);
             assert_eq!(
                 p.client.counters(),
                 Counters {
@@ -1531,7 +1531,7 @@ mod tests {
                 p.client.poll_transmit(p.now).is_some(),
                 "same instant, no timer"
             );
-            p.to_server(NO_LIMIT);
+            p.client_to_server(NO_LIMIT);
             assert_eq!(p.client.counters().flushes, 1);
             assert_eq!(p.client.next_deadline(), None);
             assert_eq!(receive_ok(&mut p.server).len(), 2);
@@ -1584,7 +1584,7 @@ mod tests {
             p.client.begin_drain();
             assert_eq!(p.client.state(), State::Draining);
             assert_eq!(p.client.next_deadline(), None);
-            p.to_server(NO_LIMIT);
+            p.client_to_server(NO_LIMIT);
             assert!(p.client.is_flushed());
             assert_eq!(p.client.counters().flushes, 1);
             assert_eq!(p.client.state(), State::Draining, "the owner closes");
@@ -1594,7 +1594,7 @@ mod tests {
             );
 
             p.server.send_frame(1, FrameKind::Response, b"ignored");
-            p.to_client(NO_LIMIT);
+            p.server_to_client(NO_LIMIT);
             assert_eq!(p.client.poll_frame(), Ok(None));
             assert_eq!(p.client.counters().frames_in, 0);
 
@@ -1611,7 +1611,7 @@ mod tests {
             config(Role::Server, Compression::None),
         );
         p.server.send_frame(1, FrameKind::Request, b"in flight");
-        p.to_client(NO_LIMIT);
+        p.server_to_client(NO_LIMIT);
         p.client.send_frame(1, FrameKind::Request, b"never sent");
         p.client.close();
         assert_eq!(p.client.state(), State::Closed);
@@ -1643,11 +1643,11 @@ mod tests {
             for round in 0..2 {
                 p.client
                     .send_frame(round, FrameKind::Request, &noise(10_000, round));
-                p.to_server(NO_LIMIT);
+                p.client_to_server(NO_LIMIT);
                 assert_eq!(receive_ok(&mut p.server).len(), 1);
                 p.server
                     .send_frame(round, FrameKind::Response, &noise(20_000, round));
-                p.to_client(NO_LIMIT);
+                p.server_to_client(NO_LIMIT);
                 assert_eq!(receive_ok(&mut p.client).len(), 1);
                 assert!(p.client.buffered_capacity() > 0);
                 assert!(p.server.buffered_capacity() > 0);
@@ -1729,7 +1729,7 @@ mod tests {
         );
         // A first batch of 10 plain bytes moves the inflater's 32 KiB window off its boundary...
         p.client.send_frame(0, FrameKind::Request, &[7]);
-        p.to_server(NO_LIMIT);
+        p.client_to_server(NO_LIMIT);
         assert_eq!(
             receive_ok(&mut p.server),
             [got(0, FrameKind::Request, &[7])]
@@ -1742,7 +1742,7 @@ mod tests {
         for f in &batch {
             p.client.send_frame(f.id, f.kind, &f.payload);
         }
-        p.to_server(NO_LIMIT);
+        p.client_to_server(NO_LIMIT);
         let before_eof = receive_ok(&mut p.server);
         p.server.handle_eof();
         let (after_eof, end) = receive(&mut p.server);

@@ -1,0 +1,259 @@
+//! Drivers shared by the fuzz targets in `fuzz_targets/`.
+//!
+//! Each feeds arbitrary bytes to one decoder of `batchrpc::wire` and panics when an invariant
+//! breaks; libFuzzer records a panic as a crash. The first input byte is a "knobs" byte where a
+//! target needs choices (read size, output room, compression), so that the fuzzer explores them
+//! along with the data.
+
+use std::time::Instant;
+
+use batchrpc::wire::compress::{Decoder, Encoder, DEFAULT_FLATE_LEVEL, SNAPPY_MAX_CHUNK};
+use batchrpc::wire::conn::{Conn, ConnConfig, Role, State};
+use batchrpc::wire::frame::{self, FrameError, FrameKind, HEADER_LEN};
+use batchrpc::wire::handshake::{self, Hello, HELLO_LEN};
+use batchrpc::wire::ProtocolError;
+use batchrpc::Compression;
+
+/// Sizes a knob can pick: input pieces, output room, reads.
+const SIZES: [usize; 8] = [1, 2, 7, 64, 255, 4096, 65_536, 131_072];
+
+/// `handshake::decode` accepts exactly the hellos it encodes, and never panics.
+pub fn handshake_decode(data: &[u8]) {
+    match handshake::decode(data) {
+        Ok(Some(hello)) => {
+            assert_eq!(hello.encode()[..], data[..HELLO_LEN]);
+            assert!(hello.compression.is_available());
+        }
+        Ok(None) => {
+            assert!(data.len() < HELLO_LEN);
+            assert!(b"BRPC\x01".starts_with(&data[..data.len().min(5)]));
+        }
+        Err(_) => {}
+    }
+}
+
+/// Walks `data` as a stream of frames under a limit chosen by the first four bytes, checking
+/// each answer of `frame::decode` against the header it read.
+pub fn frame_decode(data: &[u8]) {
+    let Some((max, mut rest)) = data.split_first_chunk::<4>() else {
+        return;
+    };
+    let max = u32::from_le_bytes(*max);
+    loop {
+        match frame::decode(rest, max) {
+            Ok(Some(f)) => {
+                assert!(f.payload.len() <= max as usize);
+                assert_eq!(f.payload, &rest[HEADER_LEN..f.wire_len()]);
+                rest = &rest[f.wire_len()..];
+            }
+            Ok(None) => {
+                if let Some(header) = rest.get(..HEADER_LEN) {
+                    let len = u32::from_le_bytes(header[5..9].try_into().unwrap());
+                    assert!(len <= max && rest.len() < HEADER_LEN + len as usize);
+                }
+                return;
+            }
+            Err(FrameError::UnknownKind(k)) => {
+                assert_eq!(FrameKind::from_byte(k), None);
+                return;
+            }
+            Err(FrameError::TooLong { len, max: m }) => {
+                assert!(len > max && m == max);
+                return;
+            }
+            Err(e) => panic!("unexpected frame error {e:?}"),
+        }
+    }
+}
+
+/// Feeds a fresh `compression` decoder the bytes after the knobs byte, arriving in pieces,
+/// with a fixed output room per call. Knobs: bits 0-2 the piece size, bits 3-5 the room, bit 6
+/// (snappy) a valid stream identifier first, so the fuzzer starts inside the chunk parser.
+pub fn decompress(compression: Compression, data: &[u8]) {
+    let Ok(mut decoder) = Decoder::new(compression) else {
+        return;
+    };
+    let Some((&knobs, rest)) = data.split_first() else {
+        return;
+    };
+    let piece = SIZES[usize::from(knobs & 7)];
+    let room = SIZES[usize::from(knobs >> 3 & 7)];
+    let mut input = Vec::with_capacity(rest.len() + 10);
+    if compression == Compression::Snappy && knobs & 0x40 != 0 {
+        input.extend_from_slice(b"\xff\x06\x00\x00sNaPpY");
+    }
+    input.extend_from_slice(rest);
+
+    let mut out = vec![0u8; room];
+    let (mut start, mut arrived) = (0, 0);
+    loop {
+        let Ok((consumed, produced)) = decoder.decode(&input[start..arrived], &mut out) else {
+            return;
+        };
+        assert!(
+            consumed <= arrived - start,
+            "consumed {consumed} of {}",
+            arrived - start
+        );
+        assert!(produced <= room, "produced {produced} into {room}");
+        assert!(decoder.pending_output() <= SNAPPY_MAX_CHUNK);
+        start += consumed;
+        if (consumed, produced) == (0, 0) {
+            if arrived == input.len() {
+                return;
+            }
+            arrived = input.len().min(arrived + piece);
+        }
+    }
+}
+
+/// Largest frame the fuzzed server accepts.
+pub const MAX_FRAME: u32 = 1 << 20;
+
+/// Buffer memory the server may hold between reads whatever it is sent (see the derivation at
+/// `MEMORY_BOUND` in `tests/wire_props.rs`): 2 MiB of received bytes, 2 MiB of decompressed
+/// bytes, and its hello.
+pub const MEMORY_BOUND: usize = (4 << 20) + 64;
+
+/// A frame as the server delivered it.
+#[derive(Debug, PartialEq, Eq)]
+struct Delivered {
+    id: u32,
+    kind: FrameKind,
+    payload: Vec<u8>,
+}
+
+/// A server `Conn` that receives a valid hello, then arbitrary bytes.
+///
+/// Knobs: bits 0-1 the compression the hello announces (0 none, 1 flate, 2 snappy, 3 none),
+/// bit 2 "plain" mode, bits 3-5 the read size, bit 7 end of stream after the input.
+///
+/// - Raw mode: the bytes after the knobs are the (compressed) stream, garbage for the
+///   decompressor and the frame decoder.
+/// - Plain mode: they are plain stream bytes that this driver compresses properly in batches;
+///   with end of stream, the server must then deliver exactly the frames `frame::decode` finds
+///   in them and close for the same reason (a differential check of decompression and
+///   reassembly).
+///
+/// Always: no panic, only requests within the limit are delivered, the server sends nothing but
+/// its hello, its buffers stay under [`MEMORY_BOUND`], and end of stream closes it.
+pub fn conn_server(data: &[u8]) {
+    let Some((&knobs, rest)) = data.split_first() else {
+        return;
+    };
+    let compression = match knobs & 3 {
+        1 => Compression::Flate,
+        2 => Compression::Snappy,
+        _ => Compression::None,
+    };
+    if !compression.is_available() {
+        return;
+    }
+    let plain_mode = knobs & 4 != 0;
+    let read = SIZES[usize::from(knobs >> 3 & 7)];
+    let eof = knobs & 0x80 != 0;
+
+    let hello = Hello::new(compression, false).encode();
+    let mut stream = hello.to_vec();
+    if plain_mode {
+        let mut encoder = Encoder::new(compression, DEFAULT_FLATE_LEVEL).unwrap();
+        for batch in rest.chunks(1000) {
+            encoder.encode(batch, &mut stream);
+        }
+    } else {
+        stream.extend_from_slice(rest);
+    }
+
+    let now = Instant::now();
+    let cfg = ConnConfig {
+        max_frame_len: MAX_FRAME,
+        ..ConnConfig::new(Role::Server)
+    };
+    let mut server = Conn::new(cfg, now);
+    let mut delivered = Vec::new();
+    let mut end = Ok(());
+    let mut fed = 0;
+    while fed < stream.len() && matches!(server.state(), State::Handshake | State::Open) {
+        let room = server.recv_buf();
+        let n = room.len().min(read).min(stream.len() - fed);
+        room[..n].copy_from_slice(&stream[fed..fed + n]);
+        server.handle_recv(n);
+        fed += n;
+        if fed >= HELLO_LEN {
+            assert_ne!(
+                server.state(),
+                State::Handshake,
+                "a valid hello was received"
+            );
+            assert_eq!(
+                server.poll_transmit(now),
+                Some(&Hello::new(Compression::None, false).encode()[..])
+            );
+        }
+        drain(&mut server, &mut delivered, &mut end);
+    }
+    if !eof {
+        return;
+    }
+    server.handle_eof();
+    drain(&mut server, &mut delivered, &mut end);
+    assert_eq!(server.state(), State::Closed, "end of stream closes");
+    assert_eq!(server.close_reason(), Some(&end));
+    if plain_mode {
+        let (expected, expected_end) = frames_in(rest);
+        assert_eq!(delivered.len(), expected.len(), "frames delivered");
+        assert!(delivered == expected, "frames differ");
+        assert_eq!(end, expected_end);
+    }
+}
+
+/// Decodes every frame the server has, checking each, and records how decoding ended.
+fn drain(server: &mut Conn, delivered: &mut Vec<Delivered>, end: &mut Result<(), ProtocolError>) {
+    loop {
+        match server.poll_frame() {
+            Ok(Some(f)) => {
+                assert!(f.payload.len() <= MAX_FRAME as usize);
+                assert!(f.kind.is_request(), "a server never delivers {:?}", f.kind);
+                let payload = f.payload.to_vec();
+                delivered.push(Delivered {
+                    id: f.id,
+                    kind: f.kind,
+                    payload,
+                });
+            }
+            Ok(None) => break,
+            Err(e) => {
+                *end = Err(e);
+                break;
+            }
+        }
+    }
+    assert!(
+        server.buffered_capacity() <= MEMORY_BOUND,
+        "{} bytes buffered",
+        server.buffered_capacity()
+    );
+}
+
+/// What a server must make of a plain stream that then ends: its frames, and how it closes.
+fn frames_in(mut plain: &[u8]) -> (Vec<Delivered>, Result<(), ProtocolError>) {
+    let mut frames = Vec::new();
+    loop {
+        match frame::decode(plain, MAX_FRAME) {
+            Ok(Some(f)) if !f.kind.is_request() => {
+                return (frames, Err(ProtocolError::UnexpectedKind(f.kind)));
+            }
+            Ok(Some(f)) => {
+                frames.push(Delivered {
+                    id: f.id,
+                    kind: f.kind,
+                    payload: f.payload.to_vec(),
+                });
+                plain = &plain[f.wire_len()..];
+            }
+            Ok(None) if plain.is_empty() => return (frames, Ok(())),
+            Ok(None) => return (frames, Err(ProtocolError::Truncated)),
+            Err(e) => return (frames, Err(ProtocolError::Frame(e))),
+        }
+    }
+}

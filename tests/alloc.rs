@@ -1,0 +1,95 @@
+//! The hot path allocates nothing per call once warm: `call_async` + `wait` with the raw-bytes
+//! API, client and server in this process, counted by a global allocator that tallies every
+//! allocation made by any thread.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use batchrpc::{Client, Compression, RequestCtx, Server};
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const BODY: [u8; 261] = [b'x'; 261];
+
+/// Runs `rounds` rounds of `window` calls in flight; returns allocations per call.
+fn allocs_per_call(client: &Client, window: usize, rounds: usize) -> f64 {
+    let mut pending = Vec::with_capacity(window);
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for _ in 0..rounds {
+        for _ in 0..window {
+            pending.push(client.call_async(b"foobar").expect("call_async"));
+        }
+        for p in pending.drain(..) {
+            let resp = p.wait().expect("response");
+            assert_eq!(resp.len(), BODY.len());
+        }
+    }
+    (ALLOCS.load(Ordering::Relaxed) - before) as f64 / (window * rounds) as f64
+}
+
+fn check(compression: Compression, workers: usize) {
+    let server = Server::builder()
+        .workers(workers)
+        .compression(compression)
+        .handler(|_: &RequestCtx, _req: &[u8], resp: &mut Vec<u8>| {
+            resp.extend_from_slice(&BODY);
+            Ok(())
+        })
+        .bind("127.0.0.1:0")
+        .expect("bind");
+    let client = Client::builder(server.local_addr())
+        .compression(compression)
+        .connect()
+        .expect("connect");
+    for window in [1, 100] {
+        // Warm up: buffers, slots, pools and queues reach their working sizes.
+        allocs_per_call(&client, window, 2000 / window + 20);
+        let per_call = allocs_per_call(&client, window, 20_000 / window);
+        println!(
+            "{compression} workers={workers} window={window}: {per_call:.4} allocations per call"
+        );
+        // A small amortised constant is allowed (a buffer regrowing now and then).
+        assert!(
+            per_call < 0.01,
+            "{per_call} allocations per call ({compression}, window {window})"
+        );
+    }
+}
+
+#[test]
+fn steady_state_calls_do_not_allocate() {
+    // The counter sees allocations (a positive control, so the test can fail).
+    let before = ALLOCS.load(Ordering::Relaxed);
+    let v: Vec<u8> = std::hint::black_box(Vec::with_capacity(10));
+    assert!(ALLOCS.load(Ordering::Relaxed) > before);
+    drop(v);
+
+    check(Compression::None, 2);
+    check(Compression::None, 0);
+    if Compression::Snappy.is_available() {
+        check(Compression::Snappy, 2);
+    }
+    if Compression::Flate.is_available() {
+        check(Compression::Flate, 2);
+    }
+}
