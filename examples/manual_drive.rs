@@ -21,8 +21,9 @@ fn main() -> Result<(), batchrpc::Error> {
     let client = Client::builder(server.local_addr()).connect_on(&mut reactor)?;
 
     let started = Instant::now();
-    let mut pending: Vec<_> =
-        (0..1000).map(|i| client.call_async(format!("call-{i:04}").as_bytes())).collect::<Result<_, _>>()?;
+    let mut pending: Vec<_> = (0..1000)
+        .map(|i| client.call_async(format!("call-{i:04}").as_bytes()))
+        .collect::<Result<_, _>>()?;
     let mut turns = 0;
     while !pending.iter().all(|p| p.is_done()) {
         reactor.poll_once(Some(Duration::from_millis(10)))?;
@@ -35,7 +36,12 @@ fn main() -> Result<(), batchrpc::Error> {
         String::from_utf8_lossy(&last)
     );
     let s = client.stats();
-    println!("client: {} requests in {} writes; server: {} handled", s.frames_written, s.write_calls, server.stats().calls);
+    println!(
+        "client: {} requests in {} writes; server: {} handled",
+        s.frames_written,
+        s.write_calls,
+        server.stats().calls
+    );
 
     // Shut down: the server drains on the next turns, the client closes when dropped.
     server.shutdown();

@@ -128,6 +128,7 @@ mod reactor;
 mod server;
 pub mod stats;
 pub mod transport;
+pub mod typed;
 pub mod wire;
 
 pub use client::{Batch, Client, ClientBuilder, PendingCall, Response};
@@ -136,4 +137,5 @@ pub use reactor::Reactor;
 pub use server::{ConnInfo, HandlerError, RequestCtx, Server, ServerBuilder};
 pub use stats::Stats;
 pub use transport::{Address, ToAddress};
+pub use typed::{Dispatcher, FuncClient};
 pub use wire::compress::Compression;

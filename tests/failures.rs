@@ -6,6 +6,8 @@ mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batchrpc::wire::frame::FrameError;
@@ -155,7 +157,120 @@ fn async_call_timeout_completes_the_handle() {
             .unwrap();
         support::wait_done(&pending, WAIT);
         assert!(matches!(pending.wait(), Err(Error::Timeout)));
-        assert_eq!(client.pending_requests(), 0);
+        // The request is still at the server: its slot (and id) stays reserved until the late
+        // response arrives, so the id is never reused while the server may still answer it.
+        assert_eq!(client.pending_requests(), 1);
+        gate.open();
+        wait_until(WAIT, "the late response to free the slot", || {
+            client.pending_requests() == 0
+        });
+        assert_eq!(client.stats().errors.stale_responses, 1);
+    });
+}
+
+/// Many different timeouts in flight at once: each call times out no earlier than its own
+/// deadline and not much later, exactly once.
+#[test]
+fn many_distinct_timeouts_each_fire_on_time() {
+    run(|| {
+        let gate = Gate::new();
+        let server = gated_server(&gate, 1);
+        let _open = OpenOnDrop(gate.clone());
+        let client = client_of(&server);
+        // 40 calls, timeouts from 300 ms down to 105 ms (submitted longest first), plus two
+        // that share a timeout.
+        let mut calls: Vec<(Duration, Instant, batchrpc::PendingCall)> = (0..40u64)
+            .map(|i| {
+                let timeout = Duration::from_millis(300 - 5 * i);
+                let p = client
+                    .call_async_timeout(format!("hold-{i}").as_bytes(), timeout)
+                    .unwrap();
+                (timeout, Instant::now(), p)
+            })
+            .collect();
+        for _ in 0..2 {
+            let timeout = Duration::from_millis(150);
+            let p = client.call_async_timeout(b"hold-same", timeout).unwrap();
+            calls.push((timeout, Instant::now(), p));
+        }
+        let deadline = Instant::now() + WAIT;
+        let mut done_at: Vec<Option<Instant>> = vec![None; calls.len()];
+        while done_at.iter().any(Option::is_none) {
+            assert!(Instant::now() < deadline, "timeouts did not fire");
+            for (i, (_, _, p)) in calls.iter().enumerate() {
+                if done_at[i].is_none() && p.is_done() {
+                    done_at[i] = Some(Instant::now());
+                }
+            }
+            std::thread::yield_now();
+        }
+        for ((timeout, submitted, p), at) in calls.into_iter().zip(done_at) {
+            let took = at.unwrap() - submitted;
+            assert!(took >= timeout, "{timeout:?} fired after {took:?}");
+            assert!(
+                took < timeout + Duration::from_secs(1),
+                "{timeout:?}: {took:?}"
+            );
+            assert!(matches!(p.wait(), Err(Error::Timeout)));
+        }
+        assert_eq!(client.stats().errors.timeout, 42);
+        // Every request is still at the server: their slots stay reserved until it answers.
+        assert_eq!(client.pending_requests(), 42);
+        gate.open();
+        wait_until(WAIT, "the late responses to free the slots", || {
+            client.pending_requests() == 0
+        });
+        assert_eq!(client.stats().errors.stale_responses, 42);
+    });
+}
+
+/// A late response must never complete a later call, however many calls come in between.
+/// With `max_pending_requests(1 << 20)` a wire id has 12 bits of generation, so if the
+/// timed-out call's slot were reused, its 4096th reuse would carry the same wire id again.
+#[test]
+fn a_late_response_never_completes_a_call_that_reuses_its_wire_id() {
+    run(|| {
+        let (gate_a, gate_b) = (Gate::new(), Gate::new());
+        let (ga, gb) = (gate_a.clone(), gate_b.clone());
+        let server = Server::builder()
+            .workers(2)
+            .handler(move |_: &RequestCtx, req: &[u8], resp: &mut Vec<u8>| {
+                match req {
+                    b"hold-a" => ga.wait(),
+                    b"hold-b" => gb.wait(),
+                    _ => true,
+                };
+                resp.extend_from_slice(req);
+                Ok(())
+            })
+            .bind("127.0.0.1:0")
+            .unwrap();
+        let _open_a = OpenOnDrop(gate_a.clone());
+        let _open_b = OpenOnDrop(gate_b.clone());
+        let client = Client::builder(server.local_addr())
+            .max_pending_requests(1 << 20)
+            .connect()
+            .unwrap();
+        assert!(matches!(
+            client.call_timeout(b"hold-a", Duration::from_millis(20)),
+            Err(Error::Timeout)
+        ));
+        // One call at a time: each takes the slot the previous one freed.
+        for i in 0..4095u32 {
+            assert_eq!(&*client.call(&i.to_le_bytes()).unwrap(), &i.to_le_bytes());
+        }
+        let b = client.call_async(b"hold-b").unwrap();
+        gate_a.open();
+        wait_until(WAIT, "the late response to arrive", || {
+            client.stats().errors.stale_responses == 1 || b.is_done()
+        });
+        assert!(
+            !b.is_done(),
+            "call b was completed by the late response: {:?}",
+            b.wait()
+        );
+        gate_b.open();
+        assert_eq!(&*b.wait().unwrap(), b"hold-b");
     });
 }
 
@@ -292,43 +407,73 @@ fn response_above_client_max_frame_len_becomes_server_error() {
     });
 }
 
-/// What happens today when the response exceeds the client's limit: the client drops the
-/// connection (a protocol violation), the call fails with `ConnectionLost`, and the client
-/// redials so that later calls work.
+/// A server that breaks the protocol after the hello loses its connection: the call on it
+/// fails with `ConnectionLost` naming the protocol error, and the client redials.
 #[test]
-fn response_above_client_max_frame_len_loses_the_connection_today() {
+fn client_drops_a_connection_that_breaks_the_protocol_and_redials() {
     run(|| {
-        let server = Server::builder()
-            .workers(1)
-            .handler(|_: &RequestCtx, req: &[u8], resp: &mut Vec<u8>| {
-                let n: usize = std::str::from_utf8(req).unwrap().parse().unwrap();
-                resp.resize(n, b'r');
-                Ok(())
-            })
-            .bind("127.0.0.1:0")
-            .unwrap();
-        let client = Client::builder(server.local_addr())
-            .max_frame_len(1000)
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Reads the client's hello and answers with a plain hello; returns the first request
+        // frame's id and payload.
+        fn open_and_read_request(s: &mut TcpStream) -> (u32, Vec<u8>) {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut hello = [0u8; 7];
+            s.read_exact(&mut hello).unwrap();
+            assert_eq!(&hello[..4], b"BRPC");
+            s.write_all(b"BRPC\x01\x00\x00").unwrap();
+            let mut header = [0u8; 9];
+            s.read_exact(&mut header).unwrap();
+            assert_eq!(header[4], 0, "a request");
+            let id = u32::from_le_bytes(header[..4].try_into().unwrap());
+            let len = u32::from_le_bytes(header[5..].try_into().unwrap());
+            let mut payload = vec![0u8; len as usize];
+            s.read_exact(&mut payload).unwrap();
+            (id, payload)
+        }
+        fn frame(id: u32, kind: u8, payload: &[u8]) -> Vec<u8> {
+            let mut f = id.to_le_bytes().to_vec();
+            f.push(kind);
+            f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            f.extend_from_slice(payload);
+            f
+        }
+        let fake = std::thread::spawn(move || {
+            // First connection: a response nobody asked for, then a frame of unknown kind.
+            let (mut s, _) = listener.accept().unwrap();
+            let (id, _) = open_and_read_request(&mut s);
+            let mut bad = frame(id.wrapping_add(12345), 2, b"unasked");
+            bad.extend(frame(id, 0xee, b"??"));
+            s.write_all(&bad).unwrap();
+            let _ = s.read(&mut [0u8; 64]); // until the client closes
+                                            // Second connection: a proper echo of one call.
+            let (mut s, _) = listener.accept().unwrap();
+            let (id, payload) = open_and_read_request(&mut s);
+            s.write_all(&frame(id, 2, &payload)).unwrap();
+            let _ = s.read(&mut [0u8; 64]);
+        });
+        let client = Client::builder(addr)
             .reconnect_backoff(Duration::from_millis(5), Duration::from_millis(50))
             .connect()
             .unwrap();
-        match client.call(b"2000") {
+        match client.call(b"first") {
             Err(e @ Error::ConnectionLost(_)) => assert!(
                 matches!(
                     e.root_cause(),
-                    Error::Protocol(ProtocolError::Frame(FrameError::TooLong {
-                        len: 2000,
-                        max: 1000
-                    }))
+                    Error::Protocol(ProtocolError::Frame(FrameError::UnknownKind(0xee)))
                 ),
                 "{e:?}"
             ),
             other => panic!("expected ConnectionLost, got {other:?}"),
         }
-        assert_eq!(client.call(b"10").unwrap().len(), 10);
+        assert_eq!(&*client.call(b"second").unwrap(), b"second");
         let s = client.stats();
         assert_eq!(s.dials, 2);
         assert_eq!(s.errors.protocol, 1);
+        assert_eq!(s.errors.connection_lost, 1);
+        assert_eq!(s.errors.stale_responses, 1);
+        drop(client);
+        fake.join().unwrap();
     });
 }
 
@@ -391,6 +536,61 @@ fn close_fails_pending_and_later_calls_with_closed() {
         wait_until(WAIT, "the client to close its connection", || {
             client.stats().open_connections == 0
         });
+    });
+}
+
+/// `close()` racing with callers on other threads: every call they made completes once,
+/// with its own response or `Closed`, and they all stop.
+#[test]
+fn close_racing_with_callers_completes_every_call_once() {
+    run(|| {
+        let server = echo_server();
+        let client = client_of(&server);
+        let ok = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4u32)
+            .map(|t| {
+                let (client, ok) = (client.clone(), ok.clone());
+                std::thread::spawn(move || {
+                    let (mut made, mut closed) = (0u64, 0u64);
+                    for round in 0u32.. {
+                        let reqs: Vec<Vec<u8>> = (0..10u32)
+                            .map(|i| [t, round, i].map(u32::to_le_bytes).concat())
+                            .collect();
+                        let mut window = Vec::new();
+                        for r in &reqs {
+                            match client.call_async(r) {
+                                Ok(p) => window.push((r, p)),
+                                Err(Error::Closed) => closed += 1,
+                                Err(e) => panic!("submission failed with {e:?}"),
+                            }
+                        }
+                        made += window.len() as u64;
+                        for (r, p) in window {
+                            match p.wait() {
+                                Ok(resp) => {
+                                    assert!(*resp == r[..], "cross-delivery");
+                                    ok.fetch_add(1, Ordering::SeqCst);
+                                }
+                                Err(Error::Closed) => closed += 1,
+                                Err(e) => panic!("call failed with {e:?}"),
+                            }
+                        }
+                        if closed > 0 {
+                            return made;
+                        }
+                    }
+                    unreachable!()
+                })
+            })
+            .collect();
+        wait_until(WAIT, "calls to flow", || ok.load(Ordering::SeqCst) >= 500);
+        client.close();
+        let made: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        let s = client.stats();
+        assert_eq!(s.calls, ok.load(Ordering::SeqCst));
+        assert!(made >= s.calls);
+        assert_eq!(client.pending_requests(), 0);
+        assert!(matches!(client.call(b"after"), Err(Error::Closed)));
     });
 }
 
@@ -571,9 +771,10 @@ fn server_times_out_a_silent_peer() {
             .bind("127.0.0.1:0")
             .unwrap();
         let addr = server.local_addr().as_tcp().unwrap();
+        // The server's clock starts at accept, which is after this.
+        let started = Instant::now();
         let mut raw = TcpStream::connect(addr).unwrap();
         raw.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        let started = Instant::now();
         let mut buf = [0u8; 64];
         match raw.read(&mut buf) {
             Ok(0) => {}

@@ -126,17 +126,21 @@ struct Delivered {
 /// A server `Conn` that receives a valid hello, then arbitrary bytes.
 ///
 /// Knobs: bits 0-1 the compression the hello announces (0 none, 1 flate, 2 snappy, 3 none),
-/// bit 2 "plain" mode, bits 3-5 the read size, bit 7 end of stream after the input.
+/// bits 2-3 the mode, bits 4-6 the read size, bit 7 end of stream after the input.
 ///
-/// - Raw mode: the bytes after the knobs are the (compressed) stream, garbage for the
+/// - Raw mode (0 or 3): the bytes after the knobs are the (compressed) stream: garbage for the
 ///   decompressor and the frame decoder.
-/// - Plain mode: they are plain stream bytes that this driver compresses properly in batches;
-///   with end of stream, the server must then deliver exactly the frames `frame::decode` finds
-///   in them and close for the same reason (a differential check of decompression and
-///   reassembly).
+/// - Plain mode (1): they are a plain stream, compressed properly by this driver in batches of
+///   1000 bytes.
+/// - Frames mode (2): each 4 bytes describe one frame ([`described_frames`]), compressed
+///   properly one batch per frame: long valid streams, which the fuzzer finds at once.
 ///
-/// Always: no panic, only requests within the limit are delivered, the server sends nothing but
-/// its hello, its buffers stay under [`MEMORY_BOUND`], and end of stream closes it.
+/// In plain and frames modes, with end of stream, the server must deliver exactly the frames
+/// `frame::decode` finds in the plain stream, and close for the same reason: a differential
+/// check of decompression and reassembly.
+///
+/// Always: no panic, only requests within the limit delivered, nothing sent but the hello,
+/// buffers under [`MEMORY_BOUND`], and end of stream closes.
 pub fn conn_server(data: &[u8]) {
     let Some((&knobs, rest)) = data.split_first() else {
         return;
@@ -149,15 +153,21 @@ pub fn conn_server(data: &[u8]) {
     if !compression.is_available() {
         return;
     }
-    let plain_mode = knobs & 4 != 0;
-    let read = SIZES[usize::from(knobs >> 3 & 7)];
+    let read = SIZES[usize::from(knobs >> 4 & 7)];
     let eof = knobs & 0x80 != 0;
+    let mode = knobs >> 2 & 3;
+    let batches: Vec<Vec<u8>> = match mode {
+        1 => rest.chunks(1000).map(<[u8]>::to_vec).collect(),
+        2 => described_frames(rest),
+        _ => Vec::new(),
+    };
+    let plain_mode = matches!(mode, 1 | 2);
+    let plain = batches.concat();
 
-    let hello = Hello::new(compression, false).encode();
-    let mut stream = hello.to_vec();
+    let mut stream = Hello::new(compression, false).encode().to_vec();
     if plain_mode {
         let mut encoder = Encoder::new(compression, DEFAULT_FLATE_LEVEL).unwrap();
-        for batch in rest.chunks(1000) {
+        for batch in &batches {
             encoder.encode(batch, &mut stream);
         }
     } else {
@@ -200,11 +210,63 @@ pub fn conn_server(data: &[u8]) {
     assert_eq!(server.state(), State::Closed, "end of stream closes");
     assert_eq!(server.close_reason(), Some(&end));
     if plain_mode {
-        let (expected, expected_end) = frames_in(rest);
+        let (expected, expected_end) = frames_in(&plain);
         assert_eq!(delivered.len(), expected.len(), "frames delivered");
         assert!(delivered == expected, "frames differ");
         assert_eq!(end, expected_end);
     }
+}
+
+/// Most plain bytes [`described_frames`] makes, so that each run stays fast.
+const MAX_DESCRIBED: usize = 512 << 10;
+
+/// One plain frame per 4 bytes `[a, b, c, d]` of `data`, with id its index, until the frames
+/// total [`MAX_DESCRIBED`] bytes:
+/// - kind: `a` bit 7 clear: request; else bit 6 clear: request without reply; else response
+///   (which a server refuses);
+/// - payload length: `u16(b, c) * ((a & 0x1f) + 1)`, up to 2 MiB; above [`MAX_FRAME`], which
+///   the server refuses from the header alone, only the header and 16 bytes are sent;
+/// - payload: `d` repeated (compressible), or noise seeded by the four bytes when `a` bit 5.
+pub fn described_frames(data: &[u8]) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    let mut total = 0;
+    for (id, spec) in (0..).zip(data.chunks_exact(4)) {
+        if total >= MAX_DESCRIBED {
+            break;
+        }
+        let &[a, b, c, d] = spec else {
+            unreachable!("chunks of 4")
+        };
+        let kind = match (a & 0x80 != 0, a & 0x40 != 0) {
+            (false, _) => FrameKind::Request,
+            (true, false) => FrameKind::RequestNoReply,
+            (true, true) => FrameKind::Response,
+        };
+        let len = usize::from(u16::from_le_bytes([b, c])) * (usize::from(a & 0x1f) + 1);
+        if len > MAX_FRAME as usize {
+            let mut header = [0; HEADER_LEN];
+            frame::write_header(&mut header, id, kind, len as u32);
+            frames.push([&header[..], &[d; 16]].concat());
+            break; // nothing after it is read
+        }
+        let payload: Vec<u8> = if a & 0x20 == 0 {
+            vec![d; len]
+        } else {
+            let mut x = u32::from_le_bytes([a, b, c, d]) | 1;
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            };
+            (0..len).map(|_| next()).collect()
+        };
+        let mut frame = Vec::with_capacity(HEADER_LEN + len);
+        frame::encode(&mut frame, id, kind, &payload);
+        total += frame.len();
+        frames.push(frame);
+    }
+    frames
 }
 
 /// Decodes every frame the server has, checking each, and records how decoding ended.

@@ -27,6 +27,9 @@ enum CallState {
     Waiting,
     /// Written to connection `conn`; waiting for the response.
     InFlight,
+    /// Timed out while its request was on connection `conn`: completed for the caller, but its
+    /// slot (and id) stays taken until the late response arrives or the connection closes.
+    Abandoned,
 }
 
 /// The reactor's view of one slot.
@@ -46,6 +49,8 @@ struct Link {
     open: bool,
     backoff: Duration,
     redial_at: Option<Instant>,
+    /// Failed before the client's first connection opened (counted in `failed_first`).
+    failed_early: bool,
 }
 
 pub(crate) struct ClientCore {
@@ -59,6 +64,9 @@ pub(crate) struct ClientCore {
     links: Vec<Link>,
     rr: usize,
     rng: u64,
+    /// Links of the first dial that failed before any opened: `connect()` fails when all have.
+    failed_first: usize,
+    opened_once: bool,
     closing: bool,
 }
 
@@ -83,6 +91,8 @@ impl ClientCore {
             links: Vec::new(),
             rr: 0,
             rng: seed | 1,
+            failed_first: 0,
+            opened_once: false,
             closing: false,
             cfg,
         };
@@ -93,6 +103,7 @@ impl ClientCore {
                 open: false,
                 backoff: client.cfg.backoff_min,
                 redial_at: None,
+                failed_early: false,
             });
             client.shared.stats.inc(C::dials);
             client.attach(core, slot, stream, true)?;
@@ -215,6 +226,7 @@ impl ClientCore {
             } else {
                 meta.state = CallState::InFlight;
                 meta.conn = token;
+                self.shared.slots.on_wire(idx);
             }
             return true;
         }
@@ -235,8 +247,14 @@ impl ClientCore {
         }
     }
 
-    /// Completes call `idx` and counts it.
+    /// Completes call `idx` (its response can no longer come) and counts it.
     fn complete(&mut self, idx: u32, outcome: Result<Vec<u8>, Error>, now: Instant) {
+        self.finish(idx, outcome, now, true);
+    }
+
+    /// Completes call `idx` and counts it; `off_wire: false` keeps the slot taken because the
+    /// response may still come.
+    fn finish(&mut self, idx: u32, outcome: Result<Vec<u8>, Error>, now: Instant, off_wire: bool) {
         let stats = &self.shared.stats;
         match &outcome {
             Ok(_) => {
@@ -246,15 +264,21 @@ impl ClientCore {
             }
             Err(e) => stats.error(e),
         }
-        self.shared.slots.complete(idx, outcome);
+        self.shared.slots.complete(idx, outcome, off_wire);
     }
 
-    /// Fails every admitted call that matches `which` with `err`.
+    /// Fails every pending call that matches `which` with `err`, and lets go of the slots of
+    /// timed-out calls that match (their responses can no longer come).
     fn fail_calls(&mut self, err: &Error, now: Instant, which: impl Fn(&CallMeta) -> bool) {
         for i in 0..self.metas.len() {
             let meta = self.metas[i];
-            if meta.state != CallState::Idle && which(&meta) {
-                self.metas[i].state = CallState::Idle;
+            if meta.state == CallState::Idle || !which(&meta) {
+                continue;
+            }
+            self.metas[i].state = CallState::Idle;
+            if meta.state == CallState::Abandoned {
+                self.shared.slots.off_wire(i as u32);
+            } else {
                 self.deadlines.remove(i as u32);
                 self.complete(i as u32, Err(err.clone()), now);
             }
@@ -273,7 +297,7 @@ impl ClientCore {
         self.waiting.clear();
         while let Some(idx) = self.shared.submit.pop() {
             self.shared.stats.error(&Error::Closed);
-            self.shared.slots.complete(idx, Err(Error::Closed));
+            self.shared.slots.complete(idx, Err(Error::Closed), true);
         }
         self.shared.report_ready(Err(Error::Closed));
         if let Some(core) = core {
@@ -307,6 +331,7 @@ impl Service for ClientCore {
         link.open = true;
         link.backoff = self.cfg.backoff_min;
         self.shared.stats.inc(C::open_connections);
+        self.opened_once = true;
         self.shared.report_ready(Ok(()));
         Ok(())
     }
@@ -322,8 +347,15 @@ impl Service for ClientCore {
             let idx = frame.id & idx_mask;
             let gen = frame.id >> self.shared.idx_bits;
             match self.metas.get_mut(idx as usize) {
-                Some(m) if m.state == CallState::InFlight && m.gen == gen && m.conn == token => {
+                Some(m) if m.gen == gen && m.conn == token && m.state == CallState::InFlight => {
                     m.state = CallState::Idle;
+                }
+                Some(m) if m.gen == gen && m.conn == token && m.state == CallState::Abandoned => {
+                    // The late answer to a call that timed out: its slot is free now.
+                    m.state = CallState::Idle;
+                    self.shared.slots.off_wire(idx);
+                    self.shared.stats.inc(C::stale_responses);
+                    continue;
                 }
                 _ => {
                     self.shared.stats.inc(C::stale_responses);
@@ -364,8 +396,14 @@ impl Service for ClientCore {
         }
         self.place_waiting(core);
         while let Some(idx) = self.deadlines.pop_expired(now) {
-            self.metas[idx as usize].state = CallState::Idle;
-            self.complete(idx, Err(Error::Timeout), now);
+            let meta = &mut self.metas[idx as usize];
+            let on_wire = meta.state == CallState::InFlight;
+            meta.state = if on_wire {
+                CallState::Abandoned
+            } else {
+                CallState::Idle
+            };
+            self.finish(idx, Err(Error::Timeout), now, !on_wire);
         }
     }
 
@@ -392,13 +430,19 @@ impl Service for ClientCore {
             self.shared.stats.sub(C::open_connections, 1);
         } else {
             self.shared.stats.inc(C::dial_errors);
-            self.shared.report_ready(Err(match &*cause {
-                Error::Io(e) => Error::Connect {
-                    addr: self.cfg.addr.to_string(),
-                    cause: e.clone(),
-                },
-                other => other.clone(),
-            }));
+            if !self.links[slot].failed_early {
+                self.links[slot].failed_early = true;
+                self.failed_first += 1;
+            }
+            if !self.opened_once && self.failed_first == self.links.len() {
+                self.shared.report_ready(Err(match &*cause {
+                    Error::Io(e) => Error::Connect {
+                        addr: self.cfg.addr.to_string(),
+                        cause: e.clone(),
+                    },
+                    other => other.clone(),
+                }));
+            }
         }
         let lost = Error::ConnectionLost(cause);
         self.fail_calls(&lost, core.now, |m| {

@@ -486,7 +486,10 @@ impl Client {
         }
     }
 
-    /// Calls pending: submitted and not yet completed, or completed and not yet taken.
+    /// Calls that hold one of the `max_pending_requests` slots: submitted and not yet
+    /// completed, completed and not yet taken, or timed out while the server may still answer
+    /// (such a call keeps its slot, and so its request id, until the late response arrives or
+    /// its connection closes: an id is never reused while it is outstanding).
     pub fn pending_requests(&self) -> usize {
         self.shared().slots.in_use()
     }
@@ -524,18 +527,23 @@ impl fmt::Debug for PendingCall {
 impl PendingCall {
     /// True once the call has completed (`wait` will not block).
     pub fn is_done(&self) -> bool {
-        !self.taken && self.shared.slots.is_done(self.idx)
+        self.taken || self.shared.slots.is_done(self.idx)
     }
 
-    /// Blocks until the call completes.
+    /// Blocks until the call completes, and returns its outcome. If
+    /// [`try_wait`](Self::try_wait) already returned the outcome, returns
+    /// [`Error::Canceled`] at once.
     pub fn wait(mut self) -> Result<Response> {
+        if self.taken {
+            return Err(Error::Canceled);
+        }
         self.taken = true;
         let outcome = self.shared.slots.wait(self.idx);
         self.into_response(outcome)
     }
 
     /// The outcome if the call has completed, without blocking. Returns `Some` once; after
-    /// that the call is spent and `None` is returned.
+    /// that the call is spent: `try_wait` returns `None` and `wait` [`Error::Canceled`].
     pub fn try_wait(&mut self) -> Option<Result<Response>> {
         if self.taken || !self.shared.slots.is_done(self.idx) {
             return None;

@@ -5,12 +5,14 @@
 //!
 //! - `CALLER`: a [`super::PendingCall`] exists and will take the outcome (absent for `send`);
 //! - `REACTOR`: the reactor has yet to complete the call (set from submission to completion);
+//! - `WIRE`: the request is on a connection and its response may still come. A call that
+//!   timed out keeps this until the late response arrives or the connection closes, so that
+//!   the slot, and with it the request id, is never reused while the server may still answer;
 //! - `DONE`: the outcome is stored;
 //! - `WAITER`: the caller is parked on this slot and must be unparked on completion.
 //!
-//! The reactor completes every submitted call exactly once (`REACTOR -> DONE`). Whoever lets go
-//! last — the reactor completing a call nobody waits for, or the caller dropping or consuming
-//! its handle after completion — recycles the slot. Each slot has its own lock for its data,
+//! The reactor completes every submitted call exactly once (`REACTOR -> DONE`). Whoever clears
+//! the last of `CALLER`, `REACTOR` and `WIRE` recycles the slot. Each slot has its own lock for its data,
 //! only ever taken by the two parties of one call, so it is uncontended in practice.
 //!
 //! Response buffers come from a pool and go back to it when the caller's [`super::Response`]
@@ -30,6 +32,9 @@ pub(crate) const CALLER: u32 = 1;
 pub(crate) const REACTOR: u32 = 2;
 pub(crate) const DONE: u32 = 4;
 pub(crate) const WAITER: u32 = 8;
+pub(crate) const WIRE: u32 = 16;
+/// The holders of a slot: it is free again when none is left.
+const HOLDERS: u32 = CALLER | REACTOR | WIRE;
 
 const SEGMENT: usize = 1024;
 /// Response buffers larger than this are not kept in the pool.
@@ -143,14 +148,36 @@ impl Slots {
         let _ = self.free.push(idx);
     }
 
+    /// Reactor: marks the request of call `idx` as written to a connection.
+    pub fn on_wire(&self, idx: u32) {
+        self.get(idx).state.fetch_or(WIRE, Ordering::Relaxed);
+    }
+
+    /// Reactor: the response of call `idx` can no longer come (it came after the call timed
+    /// out, or the connection closed): the slot may be reused.
+    pub fn off_wire(&self, idx: u32) {
+        let prev = self.get(idx).state.fetch_and(!WIRE, Ordering::AcqRel);
+        if prev & HOLDERS == WIRE {
+            self.release(idx);
+        }
+    }
+
     /// Reactor: stores the outcome of call `idx` and hands it to its caller (unparking a
-    /// parked one), or recycles the slot when nobody waits for it.
-    pub fn complete(&self, idx: u32, outcome: Result<Vec<u8>, Error>) {
+    /// parked one), or recycles the slot when nobody holds it any more. `off_wire` says
+    /// whether the request's response can still come (false for a timeout).
+    pub fn complete(&self, idx: u32, outcome: Result<Vec<u8>, Error>, off_wire: bool) {
         let slot = self.get(idx);
         slot.data().outcome = Some(outcome);
-        let prev = slot.state.fetch_xor(REACTOR | DONE, Ordering::AcqRel);
+        let clear = if off_wire { WIRE } else { 0 };
+        let prev = slot
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                Some((s & !(REACTOR | clear)) | DONE)
+            })
+            .expect("the closure always returns Some");
         debug_assert!(prev & REACTOR != 0 && prev & DONE == 0, "completed twice");
-        if prev & CALLER == 0 {
+        let holders = prev & HOLDERS & !(REACTOR | clear);
+        if holders == 0 {
             self.release(idx);
         } else if prev & WAITER != 0 {
             if let Some(t) = slot.data().waiter.take() {
@@ -177,10 +204,10 @@ impl Slots {
         self.get(idx).state.load(Ordering::Acquire) & DONE != 0
     }
 
-    /// Caller: takes the outcome of a completed call and recycles the slot.
+    /// Caller: takes the outcome of a completed call and lets go of the slot.
     pub fn take(&self, idx: u32) -> Result<Vec<u8>, Error> {
         let outcome = self.get(idx).data().outcome.take();
-        self.release(idx);
+        self.abandon(idx);
         outcome.unwrap_or(Err(Error::Canceled))
     }
 
@@ -220,7 +247,7 @@ impl Slots {
             .get(idx)
             .state
             .fetch_and(!(CALLER | WAITER), Ordering::AcqRel);
-        if prev & REACTOR == 0 {
+        if prev & HOLDERS == CALLER {
             self.release(idx);
         }
     }
@@ -239,7 +266,7 @@ mod tests {
         assert_eq!(a, [0, 1, 2]);
         assert_eq!(slots.alloc(CALLER | REACTOR), None);
         assert_eq!(slots.in_use(), 3);
-        slots.complete(1, Ok(b"x".to_vec()));
+        slots.complete(1, Ok(b"x".to_vec()), true);
         assert!(slots.is_done(1));
         assert_eq!(slots.take(1).unwrap(), b"x");
         assert_eq!(slots.in_use(), 2);
@@ -252,11 +279,11 @@ mod tests {
         let i = slots.alloc(CALLER | REACTOR).unwrap();
         slots.abandon(i);
         assert_eq!(slots.in_use(), 1, "reactor still holds it");
-        slots.complete(i, Err(Error::Timeout));
+        slots.complete(i, Err(Error::Timeout), true);
         assert_eq!(slots.in_use(), 0);
 
         let j = slots.alloc(CALLER | REACTOR).unwrap();
-        slots.complete(j, Ok(vec![1]));
+        slots.complete(j, Ok(vec![1]), true);
         assert_eq!(slots.in_use(), 1, "outcome waits for the caller");
         slots.abandon(j);
         assert_eq!(slots.in_use(), 0);
@@ -266,7 +293,7 @@ mod tests {
     fn send_without_caller_recycles_on_completion() {
         let slots = Slots::new(1);
         let i = slots.alloc(REACTOR).unwrap();
-        slots.complete(i, Ok(Vec::new()));
+        slots.complete(i, Ok(Vec::new()), true);
         assert_eq!(slots.in_use(), 0);
     }
 
@@ -277,9 +304,23 @@ mod tests {
         let s2 = slots.clone();
         let t = std::thread::spawn(move || s2.wait(i));
         // Whether the waiter parked yet or not, completion reaches it exactly once.
-        slots.complete(i, Ok(b"done".to_vec()));
+        slots.complete(i, Ok(b"done".to_vec()), true);
         assert_eq!(t.join().unwrap().unwrap(), b"done");
         assert_eq!(slots.in_use(), 0);
+    }
+
+    #[test]
+    fn timed_out_call_keeps_its_slot_until_its_response_cannot_come() {
+        let slots = Slots::new(1);
+        let i = slots.alloc(CALLER | REACTOR).unwrap();
+        slots.on_wire(i);
+        slots.complete(i, Err(Error::Timeout), false);
+        assert!(matches!(slots.take(i), Err(Error::Timeout)));
+        assert_eq!(slots.in_use(), 1, "the id is still outstanding");
+        assert_eq!(slots.alloc(CALLER | REACTOR), None);
+        slots.off_wire(i);
+        assert_eq!(slots.in_use(), 0);
+        assert_eq!(slots.alloc(CALLER | REACTOR), Some(i));
     }
 
     #[test]

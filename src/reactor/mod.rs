@@ -94,6 +94,11 @@ pub(crate) trait Service: Send {
     }
     /// Once per turn: drain queues, fire deadlines, manage connections.
     fn turn(&mut self, core: &mut Core);
+    /// Once per turn, after every connection was flushed (connections closed here are reaped
+    /// in the same turn).
+    fn flushed(&mut self, core: &mut Core) {
+        let _ = core;
+    }
     /// A connection of this service is gone; `cause` is why, `None` for an orderly close.
     fn on_conn_closed(&mut self, core: &mut Core, token: usize, ep: ConnEp, cause: Option<Error>);
     /// The earliest time `turn` has something to do.
@@ -435,6 +440,9 @@ impl Reactor {
         }
         self.fire_timers();
         self.flush();
+        for (_, service) in self.services.iter_mut() {
+            service.flushed(&mut self.core);
+        }
         self.reap();
         self.services.retain(|_, s| !s.is_finished());
         Ok(())
@@ -534,6 +542,25 @@ impl Reactor {
         };
         let mut budget = READ_BUDGET;
         loop {
+            // Hand over what is buffered first: frames a paused service left in the buffer
+            // earlier, or what the last read brought.
+            if ep.conn.poll_opened() {
+                if let Err(e) = service.on_open(token, ep) {
+                    close_ep(&mut self.core.closing, token, ep, Some(e));
+                    return;
+                }
+            }
+            if ep.conn.is_open() {
+                if let Err(e) = service.on_frames(token, ep, self.core.now) {
+                    close_ep(&mut self.core.closing, token, ep, Some(Error::Protocol(e)));
+                    return;
+                }
+                let frames_in = ep.conn.counters().frames_in;
+                service
+                    .stats()
+                    .add(C::frames_read, frames_in - ep.seen.frames_in);
+                ep.seen.frames_in = frames_in;
+            }
             if !matches!(ep.conn.state(), State::Handshake | State::Open)
                 || !service.may_read(token, ep)
             {
@@ -557,33 +584,14 @@ impl Reactor {
                     ep.conn.handle_recv(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     service.stats().inc(C::read_errors);
-                    close_ep(
-                        &mut self.core.closing,
-                        token,
-                        ep,
-                        Some(Error::Io(Arc::new(e))),
-                    );
+                    let cause = Some(Error::Io(Arc::new(e)));
+                    close_ep(&mut self.core.closing, token, ep, cause);
                     return;
                 }
             }
-            if ep.conn.poll_opened() {
-                if let Err(e) = service.on_open(token, ep) {
-                    close_ep(&mut self.core.closing, token, ep, Some(e));
-                    return;
-                }
-            }
-            if let Err(e) = service.on_frames(token, ep, self.core.now) {
-                close_ep(&mut self.core.closing, token, ep, Some(Error::Protocol(e)));
-                return;
-            }
-            let frames_in = ep.conn.counters().frames_in;
-            service
-                .stats()
-                .add(C::frames_read, frames_in - ep.seen.frames_in);
-            ep.seen.frames_in = frames_in;
         }
         match ep.conn.state() {
             State::Closed => close_ep(&mut self.core.closing, token, ep, None),

@@ -1,6 +1,7 @@
 //! The server's reactor side: accepting, turning frames into jobs, returning responses,
 //! backpressure and graceful shutdown.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,6 +28,8 @@ pub(crate) struct ServerConn {
     in_flight: u32,
     /// Reading paused (backpressure); the token is in `ServerCore::paused`.
     paused: bool,
+    /// `job` waits for a free job slot; the token is in `ServerCore::awaiting_worker`.
+    awaiting_worker: bool,
 }
 
 pub(crate) struct ServerCore {
@@ -42,6 +45,8 @@ pub(crate) struct ServerCore {
     /// Requests read and not yet answered.
     queued: usize,
     paused: Vec<usize>,
+    /// Connections whose requests wait for a job slot, in order.
+    awaiting_worker: VecDeque<usize>,
     conns: usize,
     /// For handlers run inline (no workers).
     scratch: Vec<u8>,
@@ -67,6 +72,7 @@ impl ServerCore {
             jobs_out: 0,
             queued: 0,
             paused: Vec::new(),
+            awaiting_worker: VecDeque::new(),
             conns: 0,
             scratch: Vec::new(),
             draining: false,
@@ -84,34 +90,57 @@ impl ServerCore {
         }
     }
 
-    /// Hands the connection's accumulated requests to a worker, or runs them inline.
-    fn dispatch(&mut self, sc: &mut ServerConn, conn: &mut Conn) {
-        let Some(mut job) = sc.job.take() else {
+    /// Hands the connection's accumulated requests to a worker, or runs them inline when the
+    /// server has no workers. Jobs out never exceed `max_jobs` (the capacity of the pool's
+    /// queues): without a free slot the requests stay with the connection, which waits in
+    /// `awaiting_worker` and is served as jobs come back.
+    fn dispatch(&mut self, token: usize, sc: &mut ServerConn, conn: &mut Conn) {
+        if sc.job.is_none() {
             return;
-        };
-        let Some(pool) = &self.pool else {
-            job.run(
-                &*self.cfg.handler,
-                &mut self.scratch,
-                self.cfg.conn.max_frame_len,
-            );
+        }
+        let Some(pool) = self.pool.clone() else {
+            let mut job = sc.job.take().expect("checked above");
+            let max_len = self.cfg.conn.max_frame_len;
+            job.run(&*self.cfg.handler, &mut self.scratch, max_len);
             self.answer(&mut job, conn);
             self.spare.push(job);
             return;
         };
-        match pool.submit(job) {
-            Ok(()) => {
-                sc.in_flight += 1;
-                self.jobs_out += 1;
+        if self.jobs_out < self.cfg.max_jobs {
+            match pool.submit(sc.job.take().expect("checked above")) {
+                Ok(()) => {
+                    sc.in_flight += 1;
+                    self.jobs_out += 1;
+                    return;
+                }
+                Err(job) => sc.job = Some(job), // not reached: the queue holds `max_jobs`
             }
-            Err(mut job) => {
-                job.run(
-                    &*self.cfg.handler,
-                    &mut self.scratch,
-                    self.cfg.conn.max_frame_len,
-                );
-                self.answer(&mut job, conn);
-                self.spare.push(job);
+        }
+        if !sc.awaiting_worker {
+            sc.awaiting_worker = true;
+            self.awaiting_worker.push_back(token);
+        }
+    }
+
+    /// Dispatches the requests of connections that waited for a job slot.
+    fn dispatch_awaiting(&mut self, core: &mut Core) {
+        while self.jobs_out < self.cfg.max_jobs {
+            let Some(token) = self.awaiting_worker.pop_front() else {
+                return;
+            };
+            let Some(ep) = core.conn(token) else {
+                continue;
+            };
+            let ConnRole::Server(sc) = &mut ep.role else {
+                continue;
+            };
+            if !sc.awaiting_worker {
+                continue; // a later connection in the same slot
+            }
+            sc.awaiting_worker = false;
+            // In pipeline mode a connection's next job waits for its previous one.
+            if !self.cfg.pipeline || sc.in_flight == 0 {
+                self.dispatch(token, sc, &mut ep.conn);
             }
         }
     }
@@ -149,7 +178,7 @@ impl ServerCore {
                     self.account(&job);
                     // Pipeline mode: the requests that arrived meanwhile go next, in order.
                     if sc.in_flight == 0 && sc.job.is_some() {
-                        self.dispatch(sc, &mut ep.conn);
+                        self.dispatch(job.token, sc, &mut ep.conn);
                     }
                     core.mark_dirty(job.token);
                 }
@@ -159,6 +188,7 @@ impl ServerCore {
             job.requests.clear();
             self.spare.push(job);
         }
+        self.dispatch_awaiting(core);
     }
 
     /// Reads again from paused connections once the server has room and their responses have
@@ -266,6 +296,7 @@ impl Service for ServerCore {
             job: None,
             in_flight: 0,
             paused: false,
+            awaiting_worker: false,
         };
         match core.add_conn(stream, conn, self.id, true, ConnRole::Server(sc)) {
             Ok(_) => {
@@ -287,7 +318,12 @@ impl Service for ServerCore {
         };
         let pipeline = self.cfg.pipeline;
         let conn_id = ep.id;
-        while let Some(frame) = ep.conn.poll_frame()? {
+        // Take frames only while under the queue limit; the rest wait in the connection's
+        // buffer (and reading pauses, see `may_read`) until answers free room.
+        while self.queued < self.cfg.max_queued_requests {
+            let Some(frame) = ep.conn.poll_frame()? else {
+                break;
+            };
             if sc.job.is_none() {
                 sc.job = Some(self.take_job(token, conn_id, &sc.info));
             }
@@ -295,11 +331,11 @@ impl Service for ServerCore {
             job.push(frame.id, frame.kind, frame.payload);
             self.queued += 1;
             if !pipeline && job.nreq >= JOB_MAX_REQUESTS && self.jobs_out < self.cfg.max_jobs {
-                self.dispatch(sc, &mut ep.conn);
+                self.dispatch(token, sc, &mut ep.conn);
             }
         }
         if sc.job.is_some() && (!pipeline || sc.in_flight == 0) {
-            self.dispatch(sc, &mut ep.conn);
+            self.dispatch(token, sc, &mut ep.conn);
         }
         Ok(())
     }
@@ -323,6 +359,9 @@ impl Service for ServerCore {
         }
         self.return_finished_jobs(core);
         self.resume_paused(core);
+    }
+
+    fn flushed(&mut self, core: &mut Core) {
         if self.draining {
             self.close_drained(core);
         }

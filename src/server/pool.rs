@@ -189,8 +189,14 @@ impl Pool {
         loop {
             if let Some(mut job) = self.jobs.pop() {
                 job.run(handler, &mut scratch, max_len);
-                // Cannot fail: no more than `max_jobs` jobs exist.
-                let _ = self.done.push(job);
+                // The reactor keeps at most `max_jobs` jobs out, so there is always room; were
+                // there not, waiting beats losing the answers.
+                let mut finished = job;
+                while let Err(back) = self.done.push(finished) {
+                    finished = back;
+                    self.reactor.notify();
+                    std::thread::yield_now();
+                }
                 self.reactor.notify();
                 continue;
             }

@@ -470,12 +470,10 @@ impl Conn {
     /// needs when that is more (its header has passed the length check), so decompressed memory
     /// stays bounded by the frame limit whatever the compression ratio.
     fn decompress_step(&mut self) -> Result<bool, ProtocolError> {
+        // Even with no input left, a decoder may hold output back for want of room.
         let Some(decoder) = self.decoder.as_mut() else {
             return Ok(false);
         };
-        if self.raw.is_empty() && decoder.pending_output() == 0 {
-            return Ok(false);
-        }
         let waiting = self.plain.filled();
         let need = match waiting.get(5..frame::HEADER_LEN) {
             Some(len) => {
