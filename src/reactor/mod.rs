@@ -140,6 +140,9 @@ pub(crate) struct ListenerEp {
     pub service: usize,
 }
 
+/// What a token stands for. Listeners are few, so the size of the connection variant they
+/// share the slab with costs nothing worth an extra indirection on every connection access.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Endpoint {
     Listener(ListenerEp),
     Conn(ConnEp),
@@ -282,7 +285,21 @@ fn close_ep(closing: &mut Vec<usize>, token: usize, ep: &mut ConnEp, cause: Opti
     }
 }
 
-/// An event loop hosting clients and servers. See the [module docs](self).
+/// An event loop hosting clients and servers.
+///
+/// Each [`Reactor::poll_once`] is one turn: poll (sleeping no longer than the earliest
+/// deadline); accept and read every ready connection until it would block; let each client
+/// and server take in the work other threads handed over (new calls, finished responses) and
+/// fire its deadlines; fire connection timers (handshakes, batch delays); then flush every
+/// connection with output once, so that one `write()` carries everything queued during the
+/// turn. [`Reactor::run`] is a loop around `poll_once`.
+///
+/// # Driving it yourself
+/// Call `poll_once` in your loop with the timeout you can afford (`Some(Duration::ZERO)` never
+/// blocks). Other threads wake it cheaply when they hand it work: an atomic load, and a
+/// syscall only if it announced it was about to sleep. Spurious wake-ups are harmless. Calls
+/// made from the driving thread must not block on their own completion: check
+/// [`crate::PendingCall::is_done`] (or use `try_wait`) between turns, as below.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), batchrpc::Error> {
