@@ -382,7 +382,6 @@ fn response_above_server_max_frame_len_becomes_server_error() {
 
 /// The client's limit on responses: the caller gets `Error::Server` for that call alone.
 #[test]
-#[ignore = "bug: the server cannot know the client's max_frame_len (not in the hello): an oversize response kills the whole connection (ConnectionLost(Protocol(Frame(TooLong)))) instead of failing one call with Error::Server"]
 fn response_above_client_max_frame_len_becomes_server_error() {
     run(|| {
         let server = Server::builder()
@@ -400,10 +399,20 @@ fn response_above_client_max_frame_len_becomes_server_error() {
             .unwrap();
         assert_eq!(client.call(b"1000").unwrap().len(), 1000);
         match client.call(b"2000") {
-            Err(Error::Server(_)) => {}
+            Err(Error::Server(text)) => {
+                assert_eq!(
+                    text,
+                    "response of 2000 bytes exceeds the frame limit of 1000"
+                )
+            }
             other => panic!("expected Error::Server, got {other:?}"),
         }
         assert_eq!(client.stats().errors.connection_lost, 0);
+        assert_eq!(
+            client.call(b"10").unwrap().len(),
+            10,
+            "the connection stays up"
+        );
     });
 }
 
@@ -418,10 +427,11 @@ fn client_drops_a_connection_that_breaks_the_protocol_and_redials() {
         // frame's id and payload.
         fn open_and_read_request(s: &mut TcpStream) -> (u32, Vec<u8>) {
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut hello = [0u8; 7];
+            let mut hello = [0u8; 11];
             s.read_exact(&mut hello).unwrap();
             assert_eq!(&hello[..4], b"BRPC");
-            s.write_all(b"BRPC\x01\x00\x00").unwrap();
+            // Version 1, no compression, no TLS, frames up to 64 KiB.
+            s.write_all(b"BRPC\x01\x00\x00\x00\x00\x01\x00").unwrap();
             let mut header = [0u8; 9];
             s.read_exact(&mut header).unwrap();
             assert_eq!(header[4], 0, "a request");
@@ -477,30 +487,30 @@ fn client_drops_a_connection_that_breaks_the_protocol_and_redials() {
     });
 }
 
-/// A request within the client's limit but above the server's: the server drops the
-/// connection; the call fails with `ConnectionLost`, and the client redials.
+/// A request within the client's limit but above the server's (which the server announced in
+/// its hello) fails alone with `TooLarge`, before anything is written; the connection stays.
 #[test]
-fn request_above_server_max_frame_len_loses_the_connection() {
+fn request_above_server_max_frame_len_fails_alone() {
     run(|| {
         let server = support::echo_builder()
             .max_frame_len(1000)
             .bind("127.0.0.1:0")
             .unwrap();
-        let client = Client::builder(server.local_addr())
-            .reconnect_backoff(Duration::from_millis(5), Duration::from_millis(50))
-            .connect()
-            .unwrap();
+        let client = Client::builder(server.local_addr()).connect().unwrap();
         match client.call(&[0u8; 1001]) {
-            Err(Error::ConnectionLost(cause)) => {
-                println!("request above the server's limit: ConnectionLost({cause:?})")
-            }
-            other => panic!("expected ConnectionLost, got {other:?}"),
+            Err(Error::TooLarge {
+                len: 1001,
+                max: 1000,
+            }) => {}
+            other => panic!("expected TooLarge, got {other:?}"),
         }
-        assert_eq!(&*client.call(b"small").unwrap(), b"small");
-        wait_until(WAIT, "the server to count the protocol error", || {
-            server.stats().errors.protocol == 1
-        });
-        assert_eq!(server.stats().accepts, 2);
+        assert_eq!(client.call(&[7u8; 1000]).unwrap().len(), 1000);
+        let (c, s) = (client.stats(), server.stats());
+        assert_eq!(
+            (c.errors.too_large, c.errors.connection_lost, c.dials),
+            (1, 0, 1)
+        );
+        assert_eq!((s.errors.protocol, s.accepts, s.calls), (0, 1, 1));
     });
 }
 

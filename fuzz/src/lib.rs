@@ -128,12 +128,13 @@ struct Delivered {
 /// Knobs: bits 0-1 the compression the hello announces (0 none, 1 flate, 2 snappy, 3 none),
 /// bits 2-3 the mode, bits 4-6 the read size, bit 7 end of stream after the input.
 ///
-/// - Raw mode (0 or 3): the bytes after the knobs are the (compressed) stream: garbage for the
+/// - Raw mode (0, 3): the bytes after the knobs are the (compressed) stream: garbage for the
 ///   decompressor and the frame decoder.
 /// - Plain mode (1): they are a plain stream, compressed properly by this driver in batches of
 ///   1000 bytes.
-/// - Frames mode (2): each 4 bytes describe one frame ([`described_frames`]), compressed
-///   properly one batch per frame: long valid streams, which the fuzzer finds at once.
+/// - Frames mode (2): each 5 bytes describe one frame and where batches start
+///   ([`described_batches`]), compressed properly: long valid streams, which the fuzzer finds
+///   at once.
 ///
 /// In plain and frames modes, with end of stream, the server must deliver exactly the frames
 /// `frame::decode` finds in the plain stream, and close for the same reason: a differential
@@ -158,7 +159,7 @@ pub fn conn_server(data: &[u8]) {
     let mode = knobs >> 2 & 3;
     let batches: Vec<Vec<u8>> = match mode {
         1 => rest.chunks(1000).map(<[u8]>::to_vec).collect(),
-        2 => described_frames(rest),
+        2 => described_batches(rest),
         _ => Vec::new(),
     };
     let plain_mode = matches!(mode, 1 | 2);
@@ -195,10 +196,8 @@ pub fn conn_server(data: &[u8]) {
                 State::Handshake,
                 "a valid hello was received"
             );
-            assert_eq!(
-                server.poll_transmit(now),
-                Some(&Hello::new(Compression::None, false).encode()[..])
-            );
+            let hello = Hello::new(Compression::None, false).with_max_frame_len(MAX_FRAME);
+            assert_eq!(server.poll_transmit(now), Some(&hello.encode()[..]));
         }
         drain(&mut server, &mut delivered, &mut end);
     }
@@ -217,26 +216,32 @@ pub fn conn_server(data: &[u8]) {
     }
 }
 
-/// Most plain bytes [`described_frames`] makes, so that each run stays fast.
+/// Most plain bytes [`described_batches`] makes, so that each run stays fast.
 const MAX_DESCRIBED: usize = 512 << 10;
 
-/// One plain frame per 4 bytes `[a, b, c, d]` of `data`, with id its index, until the frames
-/// total [`MAX_DESCRIBED`] bytes:
+/// Batches of plain frames, one frame per 5 bytes `[a, b, c, d, e]` of `data` (its id is its
+/// index), until they total [`MAX_DESCRIBED`] bytes:
 /// - kind: `a` bit 7 clear: request; else bit 6 clear: request without reply; else response
 ///   (which a server refuses);
 /// - payload length: `u16(b, c) * ((a & 0x1f) + 1)`, up to 2 MiB; above [`MAX_FRAME`], which
-///   the server refuses from the header alone, only the header and 16 bytes are sent;
-/// - payload: `d` repeated (compressible), or noise seeded by the four bytes when `a` bit 5.
-pub fn described_frames(data: &[u8]) -> Vec<Vec<u8>> {
-    let mut frames = Vec::new();
+///   the server refuses from the header alone, only the header and 16 bytes are sent, and
+///   nothing after them;
+/// - payload: `d` repeated (compressible), or noise seeded by `a..=d` when `a` bit 5 is set;
+/// - `e` bit 0: the frame starts a new batch.
+pub fn described_batches(data: &[u8]) -> Vec<Vec<u8>> {
+    let mut batches: Vec<Vec<u8>> = Vec::new();
     let mut total = 0;
-    for (id, spec) in (0..).zip(data.chunks_exact(4)) {
+    for (id, spec) in (0..).zip(data.chunks_exact(5)) {
         if total >= MAX_DESCRIBED {
             break;
         }
-        let &[a, b, c, d] = spec else {
-            unreachable!("chunks of 4")
+        let &[a, b, c, d, e] = spec else {
+            unreachable!("chunks of 5")
         };
+        if e & 1 != 0 || batches.is_empty() {
+            batches.push(Vec::new());
+        }
+        let batch = batches.last_mut().unwrap();
         let kind = match (a & 0x80 != 0, a & 0x40 != 0) {
             (false, _) => FrameKind::Request,
             (true, false) => FrameKind::RequestNoReply,
@@ -246,27 +251,26 @@ pub fn described_frames(data: &[u8]) -> Vec<Vec<u8>> {
         if len > MAX_FRAME as usize {
             let mut header = [0; HEADER_LEN];
             frame::write_header(&mut header, id, kind, len as u32);
-            frames.push([&header[..], &[d; 16]].concat());
-            break; // nothing after it is read
+            batch.extend_from_slice(&header);
+            batch.extend_from_slice(&[d; 16]);
+            break;
         }
-        let payload: Vec<u8> = if a & 0x20 == 0 {
-            vec![d; len]
+        let at = frame::begin(batch, id, kind);
+        if a & 0x20 == 0 {
+            batch.resize(batch.len() + len, d);
         } else {
             let mut x = u32::from_le_bytes([a, b, c, d]) | 1;
-            let mut next = move || {
+            batch.extend((0..len).map(|_| {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
                 x as u8
-            };
-            (0..len).map(|_| next()).collect()
-        };
-        let mut frame = Vec::with_capacity(HEADER_LEN + len);
-        frame::encode(&mut frame, id, kind, &payload);
-        total += frame.len();
-        frames.push(frame);
+            }));
+        }
+        frame::finish(batch, at);
+        total += HEADER_LEN + len;
     }
-    frames
+    batches
 }
 
 /// Decodes every frame the server has, checking each, and records how decoding ended.

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -330,6 +331,11 @@ impl Service for ClientCore {
         debug_assert_eq!(link.token, Some(token));
         link.open = true;
         link.backoff = self.cfg.backoff_min;
+        if let Some(peer_max) = ep.conn.peer_max_frame_len() {
+            self.shared
+                .send_limit
+                .fetch_min(peer_max, Ordering::Relaxed);
+        }
         self.shared.stats.inc(C::open_connections);
         self.opened_once = true;
         self.shared.report_ready(Ok(()));

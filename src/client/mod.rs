@@ -8,7 +8,7 @@ mod slots;
 use std::fmt;
 use std::io;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,7 +48,8 @@ pub(crate) struct ClientShared {
     /// Callers between their check of `closed` and their push (see `enqueue`).
     entering: AtomicUsize,
     request_timeout: Duration,
-    max_frame_len: u32,
+    /// Largest request sent: this side's limit, lowered to the server's once known.
+    pub send_limit: AtomicU32,
     ready: Mutex<Option<Result<()>>>,
     ready_cv: Condvar,
 }
@@ -93,10 +94,11 @@ impl ClientShared {
 
     /// Takes a slot and writes the request into it (not yet submitted).
     fn prepare(&self, req: &[u8], kind: FrameKind, timeout: Duration, state: u32) -> Result<u32> {
-        if req.len() > self.max_frame_len as usize {
+        let max = self.send_limit.load(Ordering::Relaxed);
+        if req.len() > max as usize {
             let e = Error::TooLarge {
                 len: req.len(),
-                max: self.max_frame_len,
+                max,
             };
             self.stats.error(&e);
             return Err(e);
@@ -300,7 +302,7 @@ impl ClientBuilder {
             closed: AtomicBool::new(false),
             entering: AtomicUsize::new(0),
             request_timeout: self.request_timeout,
-            max_frame_len: cfg.conn.max_frame_len,
+            send_limit: AtomicU32::new(cfg.conn.max_frame_len),
             ready: Mutex::new(None),
             ready_cv: Condvar::new(),
         });

@@ -100,8 +100,7 @@ impl ServerCore {
         }
         let Some(pool) = self.pool.clone() else {
             let mut job = sc.job.take().expect("checked above");
-            let max_len = self.cfg.conn.max_frame_len;
-            job.run(&*self.cfg.handler, &mut self.scratch, max_len);
+            job.run(&*self.cfg.handler, &mut self.scratch);
             self.answer(&mut job, conn);
             self.spare.push(job);
             return;
@@ -318,6 +317,12 @@ impl Service for ServerCore {
         };
         let pipeline = self.cfg.pipeline;
         let conn_id = ep.id;
+        // Responses above what the client accepts become error responses (see `Job::run`).
+        let max_response = ep
+            .conn
+            .peer_max_frame_len()
+            .unwrap_or(0)
+            .min(self.cfg.conn.max_frame_len);
         // Take frames only while under the queue limit; the rest wait in the connection's
         // buffer (and reading pauses, see `may_read`) until answers free room.
         while self.queued < self.cfg.max_queued_requests {
@@ -325,7 +330,9 @@ impl Service for ServerCore {
                 break;
             };
             if sc.job.is_none() {
-                sc.job = Some(self.take_job(token, conn_id, &sc.info));
+                let mut job = self.take_job(token, conn_id, &sc.info);
+                job.max_response = max_response;
+                sc.job = Some(job);
             }
             let job = sc.job.as_mut().expect("just set");
             job.push(frame.id, frame.kind, frame.payload);

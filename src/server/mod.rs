@@ -298,7 +298,6 @@ impl ServerBuilder {
                     n,
                     max_jobs,
                     handler.clone(),
-                    self.conn.max_frame_len,
                     reactor.shared().clone(),
                     &self.name,
                 )?;

@@ -33,6 +33,8 @@ pub(crate) struct Job {
     pub nresp: u64,
     /// Requests whose handler failed or panicked.
     pub failed: u32,
+    /// Largest response the client accepts (from its hello).
+    pub max_response: u32,
 }
 
 impl Job {
@@ -46,6 +48,7 @@ impl Job {
             responses: Vec::new(),
             nresp: 0,
             failed: 0,
+            max_response: u32::MAX,
         }
     }
 
@@ -71,10 +74,11 @@ impl Job {
     }
 
     /// Runs the handler on every request, framing the answers into `responses`. A handler
-    /// error or panic becomes an error response; a response above `max_len` (what the client
+    /// error or panic becomes an error response; a response above `max_response` (what the client
     /// accepts) becomes one too, rather than a frame the client would have to drop the
     /// connection for.
-    pub fn run(&mut self, handler: &HandlerFn, scratch: &mut Vec<u8>, max_len: u32) {
+    pub fn run(&mut self, handler: &HandlerFn, scratch: &mut Vec<u8>) {
+        let max_len = self.max_response;
         let mut rest = &self.requests[..];
         while let Ok(Some(f)) = frame::decode(rest, u32::MAX) {
             rest = &rest[f.wire_len()..];
@@ -145,7 +149,6 @@ impl Pool {
         n: usize,
         max_jobs: usize,
         handler: Arc<HandlerFn>,
-        max_len: u32,
         reactor: Arc<ReactorShared>,
         name: &str,
     ) -> std::io::Result<(Arc<Pool>, Vec<JoinHandle<()>>)> {
@@ -167,7 +170,7 @@ impl Pool {
             let handler = handler.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("{name}-worker-{i}"))
-                .spawn(move || worker_pool.work(i, &*handler, max_len));
+                .spawn(move || worker_pool.work(i, &*handler));
             match spawned {
                 Ok(h) => handles.push(h),
                 Err(e) => {
@@ -182,13 +185,13 @@ impl Pool {
         Ok((pool, handles))
     }
 
-    fn work(&self, me: usize, handler: &HandlerFn, max_len: u32) {
+    fn work(&self, me: usize, handler: &HandlerFn) {
         let worker = &self.workers[me];
         let _ = worker.thread.set(std::thread::current());
         let mut scratch = Vec::new();
         loop {
             if let Some(mut job) = self.jobs.pop() {
-                job.run(handler, &mut scratch, max_len);
+                job.run(handler, &mut scratch);
                 // The reactor keeps at most `max_jobs` jobs out, so there is always room; were
                 // there not, waiting beats losing the answers.
                 let mut finished = job;

@@ -206,7 +206,8 @@ impl Conn {
         };
         if conn.cfg.role == Role::Client {
             let wants_tls = conn.cfg.tls != TlsPolicy::Off;
-            let hello = Hello::new(conn.cfg.compression, wants_tls);
+            let hello = Hello::new(conn.cfg.compression, wants_tls)
+                .with_max_frame_len(conn.cfg.max_frame_len);
             conn.out.extend_from_slice(&hello.encode());
         }
         conn
@@ -232,6 +233,11 @@ impl Conn {
     /// The peer's hello, once received.
     pub fn peer_hello(&self) -> Option<&Hello> {
         self.peer.as_ref()
+    }
+
+    /// The largest payload the peer accepts (from its hello), once known.
+    pub fn peer_max_frame_len(&self) -> Option<u32> {
+        self.peer.map(|h| h.max_frame_len)
     }
 
     /// Whether the hello exchange agreed on TLS.
@@ -535,7 +541,8 @@ impl Conn {
                     Ok(tls) => tls,
                     Err(_) => self.cfg.tls == TlsPolicy::Required,
                 };
-                let answer = Hello::new(self.cfg.compression, tls_byte);
+                let answer = Hello::new(self.cfg.compression, tls_byte)
+                    .with_max_frame_len(self.cfg.max_frame_len);
                 self.out.extend_from_slice(&answer.encode());
                 agreed
             }
@@ -787,7 +794,7 @@ mod tests {
                 );
                 assert_eq!(client.state(), State::Handshake);
                 assert_eq!(client.send_backlog(), HELLO_LEN);
-                let expected = [b'B', b'R', b'P', b'C', 1, byte, tls_byte];
+                let expected = [b'B', b'R', b'P', b'C', 1, byte, tls_byte, 0, 0, 0, 4];
                 assert_eq!(client.poll_transmit(now), Some(&expected[..]));
             }
         }
@@ -798,7 +805,7 @@ mod tests {
         let now = Instant::now();
         let mut server = Conn::new(config(Role::Server, Compression::None), now);
         assert_eq!(server.poll_transmit(now), None);
-        let hello = *b"BRPC\x01\x00\x00";
+        let hello = *b"BRPC\x01\x00\x00\x00\x00\x00\x04";
         for (i, &b) in hello.iter().enumerate().take(HELLO_LEN - 1) {
             feed(&mut server, &[b], 1);
             assert_eq!(server.state(), State::Handshake, "after {} bytes", i + 1);
@@ -811,7 +818,10 @@ mod tests {
             server.peer_hello(),
             Some(&Hello::new(Compression::None, false))
         );
-        assert_eq!(server.poll_transmit(now), Some(&b"BRPC\x01\x00\x00"[..]));
+        assert_eq!(
+            server.poll_transmit(now),
+            Some(&b"BRPC\x01\x00\x00\x00\x00\x00\x04"[..])
+        );
         assert!(server.poll_opened());
         assert!(!server.poll_opened());
     }
@@ -849,6 +859,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn each_hello_carries_its_senders_frame_limit() {
+        let mut p = Pair::new(
+            ConnConfig {
+                max_frame_len: 1000,
+                ..config(Role::Client, Compression::None)
+            },
+            ConnConfig {
+                max_frame_len: 0x0102_0304,
+                ..config(Role::Server, Compression::None)
+            },
+        );
+        assert_eq!(p.server.peer_max_frame_len(), None);
+        assert_eq!(p.client_to_server(NO_LIMIT)[7..], 1000u32.to_le_bytes());
+        assert_eq!(p.server.peer_max_frame_len(), Some(1000));
+        assert_eq!(p.client.peer_max_frame_len(), None);
+        assert_eq!(p.server_to_client(NO_LIMIT)[7..], [4, 3, 2, 1]);
+        assert_eq!(p.client.peer_max_frame_len(), Some(0x0102_0304));
     }
 
     #[test]
@@ -979,7 +1009,7 @@ mod tests {
         assert_eq!(p.server.state(), State::Draining);
         assert_eq!(p.server.close_reason(), reason.as_ref());
         assert!(!p.server.poll_opened());
-        let answer = b"BRPC\x01\x00\x01";
+        let answer = b"BRPC\x01\x00\x01\x00\x00\x00\x04";
         assert_eq!(p.server.poll_transmit(p.now), Some(&answer[..]));
         p.server.handle_sent(3);
         assert_eq!(
@@ -988,7 +1018,7 @@ mod tests {
             "closes only once the answer is written"
         );
         assert_eq!(p.server.poll_transmit(p.now), Some(&answer[3..]));
-        p.server.handle_sent(4);
+        p.server.handle_sent(answer.len() - 3);
         assert_eq!(p.server.state(), State::Closed);
         assert_eq!(p.server.close_reason(), reason.as_ref());
         assert_eq!(p.server.poll_transmit(p.now), None);
@@ -1009,9 +1039,15 @@ mod tests {
         let mut p = Pair::new(client_cfg, config(Role::Server, Compression::None));
         let reason = closed_with(ProtocolError::Handshake(HandshakeError::TlsNotOffered));
 
-        assert_eq!(p.client_to_server(NO_LIMIT), b"BRPC\x01\x00\x01");
+        assert_eq!(
+            p.client_to_server(NO_LIMIT),
+            b"BRPC\x01\x00\x01\x00\x00\x00\x04"
+        );
         assert_eq!(p.server.state(), State::Draining);
-        assert_eq!(p.server_to_client(NO_LIMIT), b"BRPC\x01\x00\x00");
+        assert_eq!(
+            p.server_to_client(NO_LIMIT),
+            b"BRPC\x01\x00\x00\x00\x00\x00\x04"
+        );
         assert_eq!(p.server.state(), State::Closed);
         assert_eq!(p.server.close_reason(), reason.as_ref());
         assert_eq!(p.client.state(), State::Closed);
@@ -1042,7 +1078,7 @@ mod tests {
             p.client_to_server(NO_LIMIT);
             assert_eq!(
                 p.server_to_client(NO_LIMIT),
-                [b'B', b'R', b'P', b'C', 1, 0, agreed as u8]
+                [b'B', b'R', b'P', b'C', 1, 0, agreed as u8, 0, 0, 0, 4]
             );
             assert_eq!(
                 (p.client.state(), p.server.state()),

@@ -1,9 +1,9 @@
 //! The hello each side sends before anything else.
 //!
 //! ```text
-//! +-------------+------------+----------------+-------------+
-//! | magic BRPC  | version u8 | compression u8 | tls u8      |
-//! +-------------+------------+----------------+-------------+
+//! +------------+------------+----------------+--------+-------------------+
+//! | magic BRPC | version u8 | compression u8 | tls u8 | max frame len u32 |
+//! +------------+------------+----------------+--------+-------------------+
 //! ```
 //!
 //! The client speaks first. The server reads the client's hello, checks it, and answers with its
@@ -12,11 +12,15 @@
 //! why it failed: the server's `tls` byte tells whether it will run TLS on this connection, and
 //! the server closes after sending it when the two sides disagree ([`negotiate`]).
 //!
-//! The `compression` byte is what the sender will write with; each direction has its own.
+//! The `compression` byte is what the sender will write with; each direction has its own. The
+//! max frame length (little-endian) is the largest payload the sender accepts, so that the
+//! peer refuses an oversized request or response for that call alone instead of sending a
+//! frame that would cost the whole connection.
 
 use std::fmt;
 
 use super::compress::Compression;
+use super::frame::DEFAULT_MAX_FRAME_LEN;
 
 /// The four bytes every hello starts with.
 pub const MAGIC: [u8; 4] = *b"BRPC";
@@ -25,7 +29,7 @@ pub const MAGIC: [u8; 4] = *b"BRPC";
 pub const VERSION: u8 = 1;
 
 /// Bytes in a hello.
-pub const HELLO_LEN: usize = 7;
+pub const HELLO_LEN: usize = 11;
 
 /// One side's hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,15 +40,26 @@ pub struct Hello {
     pub compression: Compression,
     /// Client: TLS wanted. Server: TLS will run on this connection.
     pub tls: bool,
+    /// The largest frame payload the sender accepts.
+    pub max_frame_len: u32,
 }
 
 impl Hello {
-    /// A hello of this crate's version.
+    /// A hello of this crate's version, accepting frames up to the default limit.
     pub fn new(compression: Compression, tls: bool) -> Hello {
         Hello {
             version: VERSION,
             compression,
             tls,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+        }
+    }
+
+    /// The same hello, accepting frames up to `max_frame_len`.
+    pub fn with_max_frame_len(self, max_frame_len: u32) -> Hello {
+        Hello {
+            max_frame_len,
+            ..self
         }
     }
 
@@ -53,10 +68,12 @@ impl Hello {
     /// ```
     /// use batchrpc::wire::handshake::Hello;
     /// use batchrpc::Compression;
-    /// assert_eq!(Hello::new(Compression::Snappy, true).encode(), *b"BRPC\x01\x02\x01");
+    /// let hello = Hello::new(Compression::Snappy, true).with_max_frame_len(0x0102_0304);
+    /// assert_eq!(hello.encode(), *b"BRPC\x01\x02\x01\x04\x03\x02\x01");
     /// ```
     pub fn encode(&self) -> [u8; HELLO_LEN] {
         let [a, b, c, d] = MAGIC;
+        let [e, f, g, h] = self.max_frame_len.to_le_bytes();
         [
             a,
             b,
@@ -65,6 +82,10 @@ impl Hello {
             self.version,
             self.compression.to_byte(),
             self.tls as u8,
+            e,
+            f,
+            g,
+            h,
         ]
     }
 }
@@ -145,23 +166,31 @@ pub fn decode(buf: &[u8]) -> Result<Option<Hello>, HandshakeError> {
             return Err(HandshakeError::UnsupportedVersion(version));
         }
     }
-    let Some(bytes) = buf.get(..HELLO_LEN) else {
+    let compression = match buf.get(5) {
+        Some(&b) => {
+            let c = Compression::from_byte(b).ok_or(HandshakeError::UnknownCompression(b))?;
+            if !c.is_available() {
+                return Err(HandshakeError::CompressionUnavailable(c));
+            }
+            c
+        }
+        None => return Ok(None),
+    };
+    let tls = match buf.get(6) {
+        Some(0) => false,
+        Some(1) => true,
+        Some(&b) => return Err(HandshakeError::BadTlsFlag(b)),
+        None => return Ok(None),
+    };
+    let Some(&[a, b, c, d]) = buf.get(7..HELLO_LEN) else {
         return Ok(None);
     };
-    let compression =
-        Compression::from_byte(bytes[5]).ok_or(HandshakeError::UnknownCompression(bytes[5]))?;
-    if !compression.is_available() {
-        return Err(HandshakeError::CompressionUnavailable(compression));
-    }
-    let tls = match bytes[6] {
-        0 => false,
-        1 => true,
-        b => return Err(HandshakeError::BadTlsFlag(b)),
-    };
+    let max_frame_len = u32::from_le_bytes([a, b, c, d]);
     Ok(Some(Hello {
-        version: bytes[4],
+        version: VERSION,
         compression,
         tls,
+        max_frame_len,
     }))
 }
 
@@ -221,6 +250,18 @@ mod tests {
                 assert_eq!(decode(&hello.encode()), Ok(Some(hello)));
             }
         }
+    }
+
+    #[test]
+    fn carries_the_frame_limit() {
+        let hello = Hello::new(Compression::None, false).with_max_frame_len(1000);
+        let bytes = hello.encode();
+        assert_eq!(&bytes[7..], &1000u32.to_le_bytes());
+        assert_eq!(decode(&bytes), Ok(Some(hello)));
+        assert_eq!(
+            Hello::new(Compression::None, false).max_frame_len,
+            DEFAULT_MAX_FRAME_LEN
+        );
     }
 
     #[test]
