@@ -46,6 +46,9 @@ pub struct Stats {
     pub frames_read: u64,
     /// Connections open now.
     pub open_connections: u64,
+    /// Bytes of buffer memory the connections hold, as of the reactor's last idle sweep
+    /// (once a second). Connections quiet for a second hold none.
+    pub buffered_bytes: u64,
 }
 
 /// Errors by kind; see [`crate::Error`].
@@ -118,6 +121,7 @@ counters! {
     frames_written => frames_written;
     frames_read => frames_read;
     open_connections => open_connections;
+    buffered_bytes => buffered_bytes;
     timeout => errors.timeout;
     overflow => errors.overflow;
     connection_lost => errors.connection_lost;
@@ -150,6 +154,11 @@ impl SharedStats {
     #[inline]
     pub(crate) fn inc(&self, c: C) {
         self.add(c, 1);
+    }
+
+    #[inline]
+    pub(crate) fn set(&self, c: C, n: u64) {
+        self.c[c as usize].store(n, Ordering::Relaxed);
     }
 
     #[inline]

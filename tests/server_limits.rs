@@ -619,3 +619,31 @@ fn client_on_connect_err_fails_connect_with_refused() {
         assert_eq!(server.stats().errors.protocol, 0);
     });
 }
+
+/// Buffers grow with traffic and are given back once a connection has been quiet for a
+/// second, on both sides (`Stats::buffered_bytes` is refreshed by the once-a-second sweep).
+#[test]
+fn idle_connections_give_their_buffers_back() {
+    run(|| {
+        let server = echo_builder().bind("127.0.0.1:0").unwrap();
+        let client = client_of(&server);
+        let big = vec![7u8; 200_000];
+        // Keep the connection busy across a sweep, so that it is seen holding buffers.
+        let busy_until = Instant::now() + Duration::from_millis(2500);
+        let mut seen_busy = (false, false);
+        while Instant::now() < busy_until {
+            assert_eq!(client.call(&big).unwrap().len(), big.len());
+            seen_busy.0 |= server.stats().buffered_bytes > 0;
+            seen_busy.1 |= client.stats().buffered_bytes > 0;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(seen_busy, (true, true), "busy connections hold buffers");
+        wait_until(
+            WAIT,
+            "the quiet connections to give their buffers back",
+            || server.stats().buffered_bytes == 0 && client.stats().buffered_bytes == 0,
+        );
+        // And the connection still works, growing its buffers again.
+        assert_eq!(client.call(&big).unwrap().len(), big.len());
+    });
+}

@@ -47,6 +47,8 @@ use crate::Error;
 const WAKER: Token = Token(usize::MAX);
 /// Reads per connection per turn before other connections get their turn.
 const READ_BUDGET: usize = 16;
+/// A connection with no traffic for this long gives its buffers back.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// The part of a reactor other threads hold: its waker.
 pub(crate) struct ReactorShared {
@@ -129,6 +131,8 @@ pub(crate) struct ConnEp {
     dirty: bool,
     reaping: bool,
     timer: Option<Instant>,
+    /// The last turn that read or wrote something.
+    last_active: Instant,
     seen: Counters,
     /// Why it is closing, when the reactor or the service knows better than the protocol.
     cause: Option<Error>,
@@ -159,6 +163,8 @@ pub(crate) struct Core {
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     pub shared: Arc<ReactorShared>,
     next_id: u64,
+    /// When to look for idle connections holding buffers next.
+    next_sweep: Instant,
     /// The time at the start of this turn's work.
     pub now: Instant,
 }
@@ -202,6 +208,7 @@ impl Core {
             dirty: false,
             reaping: false,
             timer: None,
+            last_active: self.now,
             seen: Counters::default(),
             cause: None,
             role,
@@ -329,6 +336,8 @@ pub struct Reactor {
     ready: Vec<(usize, bool, bool)>,
     /// Connections read this turn without an event (swapped with `core.to_read`).
     reading: Vec<usize>,
+    /// Buffer bytes per service, summed by the idle sweep.
+    buffered: Vec<u64>,
     core: Core,
     services: Slab<Box<dyn Service>>,
 }
@@ -353,6 +362,7 @@ impl Reactor {
             events: Events::with_capacity(1024),
             ready: Vec::with_capacity(1024),
             reading: Vec::new(),
+            buffered: Vec::new(),
             core: Core {
                 registry,
                 endpoints: Slab::new(),
@@ -365,6 +375,7 @@ impl Reactor {
                     sleeping: AtomicBool::new(false),
                 }),
                 next_id: 0,
+                next_sweep: Instant::now() + IDLE_AFTER,
                 now: Instant::now(),
             },
             services: Slab::new(),
@@ -456,6 +467,9 @@ impl Reactor {
             service.turn(&mut self.core);
         }
         self.fire_timers();
+        if self.core.now >= self.core.next_sweep {
+            self.release_idle_buffers();
+        }
         self.flush();
         for (_, service) in self.services.iter_mut() {
             service.flushed(&mut self.core);
@@ -482,10 +496,39 @@ impl Reactor {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // Idle connections are swept only while there are connections.
+        let sweep = (!self.core.endpoints.is_empty()).then_some(self.core.next_sweep);
+        let deadline = match (deadline, sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let until_deadline = deadline.map(|d| d.saturating_duration_since(now));
         match (timeout, until_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        }
+    }
+
+    /// Gives back the buffers of connections that were quiet for [`IDLE_AFTER`], so that an
+    /// idle connection costs its bookkeeping and no buffer memory. Busy connections keep
+    /// theirs: steady traffic allocates nothing.
+    fn release_idle_buffers(&mut self) {
+        let now = self.core.now;
+        self.core.next_sweep = now + IDLE_AFTER;
+        self.buffered.clear();
+        self.buffered.resize(self.services.capacity(), 0);
+        for (_, ep) in self.core.endpoints.iter_mut() {
+            if let Endpoint::Conn(ep) = ep {
+                if now.saturating_duration_since(ep.last_active) >= IDLE_AFTER {
+                    ep.conn.release_idle_buffers();
+                }
+                if let Some(sum) = self.buffered.get_mut(ep.service) {
+                    *sum += ep.conn.buffered_capacity() as u64;
+                }
+            }
+        }
+        for (id, service) in self.services.iter() {
+            service.stats().set(C::buffered_bytes, self.buffered[id]);
         }
     }
 
@@ -578,7 +621,7 @@ impl Reactor {
                     .add(C::frames_read, frames_in - ep.seen.frames_in);
                 ep.seen.frames_in = frames_in;
             }
-            if !matches!(ep.conn.state(), State::Handshake | State::Open)
+            if !matches!(ep.conn.state(), State::Handshake | State::Tls | State::Open)
                 || !service.may_read(token, ep)
             {
                 break;
@@ -598,6 +641,7 @@ impl Reactor {
                     let stats = service.stats();
                     stats.inc(C::read_calls);
                     stats.add(C::bytes_read, n as u64);
+                    ep.last_active = self.core.now;
                     ep.conn.handle_recv(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -677,6 +721,7 @@ impl Reactor {
                     stats.inc(C::write_calls);
                     stats.add(C::bytes_written, n as u64);
                     ep.conn.handle_sent(n);
+                    ep.last_active = now;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => ep.writable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

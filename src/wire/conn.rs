@@ -4,17 +4,32 @@
 //! thread, no clock. Bytes and times are handed in, frames and bytes handed out.
 //!
 //! ```text
-//!                 hello exchanged                 owner: begin_drain()
-//!   Handshake ─────────────────────────▶ Open ─────────────────────────▶ Draining
-//!       │                                  │                                │
-//!       │ bad hello / timeout              │ protocol error, end of stream  │ flushed, then
-//!       ▼                                  ▼                                ▼ owner: close()
-//!     Closed ◀─────────────────────────────┴────────────────────────────── Closed
+//!                hello exchanged,             TLS handshake done,
+//!                TLS agreed                   peer's hello repeated inside TLS
+//!   Handshake ────────────────────▶ Tls ─────────────────────────────────┐
+//!       │  │                         │                                    ▼
+//!       │  └─ hello exchanged, no TLS ────────────────────────────────▶ Open ───▶ Draining
+//!       │                            │                  owner: begin_drain() │        │
+//!       │ bad hello / timeout        │ TLS error / timeout                   │        │ flushed,
+//!       │ / end of stream            │ / end of stream                       │        │ then owner:
+//!       ▼                            ▼                 protocol error, end   ▼        ▼ close()
+//!     Closed ◀───────────────────────┴───────────────── of stream ─────── Closed ◀── Closed
 //! ```
 //!
-//! (A server that refuses a client's TLS wish answers with its hello first: `Handshake ->
-//! Draining -> Closed`. TLS, when agreed, will run between `Handshake` and `Open`; the hello's
-//! `tls` flag is carried through [`Conn::tls_agreed`] for that seam.)
+//! A side that must tell its peer why it gives up does so before closing: a server that
+//! refuses a client's TLS wish answers with its hello first, and a TLS failure during the TLS
+//! handshake sends rustls's alert first (`Handshake`/`Tls -> Draining -> Closed`, the
+//! [`Conn::close_reason`] already set). The handshake deadline covers the hello exchange and
+//! the whole TLS handshake.
+//!
+//! # TLS
+//! When the hellos agree on TLS, a rustls connection (cargo feature `tls`) sits between the
+//! socket bytes and the stream of frames, sans-IO: what the owner reads into
+//! [`Conn::recv_buf`] after the hello are TLS records, handed to rustls; the plaintext it
+//! yields is the peer's (possibly compressed) stream. Each flush encodes the batch (compressing
+//! it if configured), writes it to rustls in one piece, and appends the resulting records to the
+//! output: one contiguous chunk, as few records as the 16 KiB record limit allows, one
+//! `write()`. See [`super::tls`] for the handshake on the wire.
 //!
 //! # Methods, by kind
 //! - getters: [`Conn::state`], [`Conn::peer_hello`], [`Conn::send_backlog`], [`Conn::counters`], ...
@@ -26,8 +41,10 @@
 //!   bytes to write, [`Conn::next_deadline`] for when to call [`Conn::handle_timeout`].
 //!
 //! # Call order, one reactor turn
-//! 1. While the socket is readable: `recv_buf()`, read into it, `handle_recv(n)`; on end
-//!    of stream `handle_eof()`. Then drain `poll_frame()` until it yields `None`.
+//! 1. While the socket is readable and the state is `Handshake`, `Tls` or `Open`:
+//!    `recv_buf()`, read into it, `handle_recv(n)`; on end of stream `handle_eof()`. Then drain
+//!    `poll_frame()` until it yields `None`. (During `Handshake` and `Tls`, `handle_recv` also
+//!    queues the handshake's answers; `poll_opened()` says when the connection opened.)
 //! 2. Queue outgoing frames with `send_frame`/`queue_encoded` (any time).
 //! 3. At the end of the turn: `poll_transmit(now)`; write what it returns, report the amount with
 //!    `handle_sent(n)`, and repeat until it returns `None` or the socket would block.
@@ -35,17 +52,22 @@
 //!
 //! # Batching
 //! Outgoing frames collect in a plain buffer. [`Conn::poll_transmit`] flushes them — compresses
-//! the whole batch as one unit and appends it to the output, as one contiguous chunk for one
-//! `write()` — when the batch delay is zero, when the batch reaches the size threshold, or when
-//! the delay armed by the batch's first frame has passed.
+//! the whole batch as one unit (and encrypts it, with TLS) and appends it to the output, as one
+//! contiguous chunk for one `write()` — when the batch delay is zero, when the batch reaches
+//! the size threshold, or when the delay armed by the batch's first frame has passed.
 
 use std::fmt;
+#[cfg(feature = "tls")]
+use std::io::{Read, Write};
+#[cfg(feature = "tls")]
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::buffer::RecvBuf;
 use super::compress::{self, Compression, Decoder, Encoder};
 use super::frame::{self, Frame, FrameKind};
 use super::handshake::{self, Hello, TlsPolicy, HELLO_LEN};
+use super::tls::{TlsError, TlsErrorKind};
 use super::ProtocolError;
 
 /// Which end of the connection this is.
@@ -72,10 +94,22 @@ pub struct ConnConfig {
     pub max_batch_delay: Duration,
     /// A batch this large (bytes, before compression) flushes at once. Default: 64 KiB.
     pub flush_threshold: usize,
-    /// Time allowed for the hello exchange. Default: 3 s.
+    /// Time allowed for the hello exchange and the TLS handshake. Default: 3 s.
     pub handshake_timeout: Duration,
-    /// Server: what to do about TLS. Client: `Off` for plaintext, anything else to ask for TLS.
+    /// What the hello says about TLS. Server: what to do about it (`Off` without a
+    /// [`tls_server`](Self::tls_server) configuration). Client: `Off` for plaintext, anything
+    /// else to ask for TLS (which then needs [`tls_client`](Self::tls_client)).
     pub tls: TlsPolicy,
+    /// Client: the rustls configuration, and the name the server's certificate must be valid
+    /// for. Used when the hellos agree on TLS. Default: none.
+    #[cfg(feature = "tls")]
+    pub tls_client: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    /// Server: the rustls configuration. Used when the hellos agree on TLS. Default: none.
+    #[cfg(feature = "tls")]
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ConnConfig {
@@ -90,6 +124,10 @@ impl ConnConfig {
             flush_threshold: 64 << 10,
             handshake_timeout: Duration::from_secs(3),
             tls: TlsPolicy::Off,
+            #[cfg(feature = "tls")]
+            tls_client: None,
+            #[cfg(feature = "tls")]
+            tls_server: None,
         }
     }
 }
@@ -99,6 +137,9 @@ impl ConnConfig {
 pub enum State {
     /// Exchanging hellos.
     Handshake,
+    /// The hellos agreed on TLS: the TLS handshake runs, then each side repeats its hello
+    /// inside TLS. Frames do not flow yet.
+    Tls,
     /// Frames flow both ways.
     Open,
     /// No more frames are read; queued ones are still flushed.
@@ -111,6 +152,7 @@ impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             State::Handshake => "handshake",
+            State::Tls => "tls handshake",
             State::Open => "open",
             State::Draining => "draining",
             State::Closed => "closed",
@@ -139,7 +181,8 @@ const DECODE_STEP: usize = 64 << 10;
 pub struct Conn {
     cfg: ConnConfig,
     state: State,
-    /// Bytes as received: the hello, then the peer's (possibly compressed) stream.
+    /// The hello, then the peer's (possibly compressed) stream: as received without TLS, as
+    /// decrypted with it.
     raw: RecvBuf,
     /// The peer's stream after decompression; unused when the peer does not compress.
     plain: RecvBuf,
@@ -147,6 +190,18 @@ pub struct Conn {
     encoder: Option<Encoder>,
     peer: Option<Hello>,
     tls: bool,
+    /// TLS records as received, not yet taken by rustls (empty between reads).
+    #[cfg(feature = "tls")]
+    tls_in: RecvBuf,
+    /// The rustls connection, once the hellos agreed on TLS.
+    #[cfg(feature = "tls")]
+    session: Option<Box<rustls::Connection>>,
+    /// A compressed batch on its way into rustls (TLS with compression only).
+    #[cfg(feature = "tls")]
+    sealed: Vec<u8>,
+    /// TLS: this side's hello has been repeated inside TLS.
+    #[cfg(feature = "tls")]
+    hello_repeated: bool,
     recv_hint: usize,
     /// Bytes of the frame last returned by `poll_frame`, consumed on the next call.
     returned: usize,
@@ -163,6 +218,8 @@ pub struct Conn {
     close_after_flush: bool,
     close_reason: Option<Result<(), ProtocolError>>,
     opened: bool,
+    /// The handshake completed (the connection has been open).
+    handshake_complete: bool,
     counters: Counters,
 }
 
@@ -172,6 +229,7 @@ impl fmt::Debug for Conn {
             .field("role", &self.cfg.role)
             .field("state", &self.state)
             .field("peer", &self.peer)
+            .field("tls", &self.tls)
             .field("pending", &self.pending.len())
             .field("unsent", &(self.out.len() - self.out_pos))
             .finish_non_exhaustive()
@@ -189,6 +247,14 @@ impl Conn {
             encoder: None,
             peer: None,
             tls: false,
+            #[cfg(feature = "tls")]
+            tls_in: RecvBuf::new(),
+            #[cfg(feature = "tls")]
+            session: None,
+            #[cfg(feature = "tls")]
+            sealed: Vec::new(),
+            #[cfg(feature = "tls")]
+            hello_repeated: false,
             recv_hint: MIN_RECV,
             returned: 0,
             eof: false,
@@ -201,6 +267,7 @@ impl Conn {
             close_after_flush: false,
             close_reason: None,
             opened: false,
+            handshake_complete: false,
             counters: Counters::default(),
             cfg,
         };
@@ -225,6 +292,12 @@ impl Conn {
         self.state == State::Open
     }
 
+    /// True once the handshake (the hello exchange, and TLS when agreed) has completed: the
+    /// connection has been [`State::Open`], whatever its state now.
+    pub fn handshake_complete(&self) -> bool {
+        self.handshake_complete
+    }
+
     /// The configuration this connection was made with.
     pub fn config(&self) -> &ConnConfig {
         &self.cfg
@@ -245,8 +318,15 @@ impl Conn {
         self.tls
     }
 
+    /// The rustls connection, once the hellos agreed on TLS: the peer's certificates
+    /// (`peer_certificates()`), the negotiated protocol version and cipher suite, ...
+    #[cfg(feature = "tls")]
+    pub fn tls_session(&self) -> Option<&rustls::Connection> {
+        self.session.as_deref()
+    }
+
     /// Why the connection closed: `Ok(())` for an orderly end, or the protocol error. `None`
-    /// until [`State::Closed`].
+    /// until [`State::Closed`] (or until a refusal that closes once written is decided).
     pub fn close_reason(&self) -> Option<&Result<(), ProtocolError>> {
         self.close_reason.as_ref()
     }
@@ -267,9 +347,15 @@ impl Conn {
         self.counters
     }
 
-    /// Bytes of buffer memory held.
+    /// Bytes of buffer memory held (not counting rustls's own buffers).
     pub fn buffered_capacity(&self) -> usize {
-        self.raw.capacity() + self.plain.capacity() + self.pending.capacity() + self.out.capacity()
+        let held = self.raw.capacity()
+            + self.plain.capacity()
+            + self.pending.capacity()
+            + self.out.capacity();
+        #[cfg(feature = "tls")]
+        let held = held + self.tls_in.capacity() + self.sealed.capacity();
+        held
     }
 
     /// True once, right after the handshake completes: the owner's cue to start sending.
@@ -282,27 +368,35 @@ impl Conn {
     /// Free room to read the peer's bytes into; report how many arrived with
     /// [`Conn::handle_recv`].
     pub fn recv_buf(&mut self) -> &mut [u8] {
-        self.raw.spare(self.recv_hint)
+        let hint = self.recv_hint;
+        self.socket_buf().spare(hint)
     }
 
     /// `n` bytes were read into the slice last returned by [`Conn::recv_buf`].
     pub fn handle_recv(&mut self, n: usize) {
-        let offered = self.raw.spare(0).len();
-        self.raw.commit(n);
+        let buf = self.socket_buf();
+        let offered = buf.spare(0).len();
+        buf.commit(n);
         if n == offered && self.recv_hint < MAX_RECV {
             self.recv_hint *= 2;
         }
-        if self.state == State::Handshake {
-            self.read_hello();
+        match self.state {
+            State::Handshake => self.read_hello(),
+            #[cfg(feature = "tls")]
+            State::Tls | State::Open => self.read_tls(),
+            _ => {}
         }
     }
 
     /// The peer closed its side. Frames already received are still delivered by
     /// [`Conn::poll_frame`]; then the connection closes, with [`ProtocolError::Truncated`] if
-    /// the stream ended inside a frame or the hello.
+    /// the stream ended inside a frame, the hello or the TLS handshake.
+    ///
+    /// With TLS, an end of stream without TLS's `close_notify` is taken like a plaintext one:
+    /// frames delimit themselves, so a stream that ends at a frame boundary ends cleanly.
     pub fn handle_eof(&mut self) {
         self.eof = true;
-        if self.state == State::Handshake {
+        if matches!(self.state, State::Handshake | State::Tls) {
             self.fail(ProtocolError::Truncated);
         }
     }
@@ -314,14 +408,15 @@ impl Conn {
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
-            if self.close_after_flush && self.pending.is_empty() {
+            // Frames queued after a refusal are never sent (see `flush_due`).
+            if self.close_after_flush {
                 self.set_state(State::Closed);
             }
         }
     }
 
-    /// Time has reached `now`: a handshake (or a refusal's answer) past its deadline fails (a due batch is flushed by
-    /// the next [`Conn::poll_transmit`]).
+    /// Time has reached `now`: a handshake (hello exchange and TLS, or a refusal's answer)
+    /// past its deadline fails (a due batch is flushed by the next [`Conn::poll_transmit`]).
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(deadline) = self.handshake_deadline {
             if now >= deadline && self.state != State::Closed {
@@ -349,9 +444,19 @@ impl Conn {
 
     /// Stops reading frames; queued output is still flushed, at once rather than at the batch
     /// delay. The owner calls [`Conn::close`] when it has nothing left to send.
+    ///
+    /// Before the handshake has completed, queued frames are dropped: with reading stopped the
+    /// handshake cannot complete, and frames never go out before it.
     pub fn begin_drain(&mut self) {
-        if matches!(self.state, State::Handshake | State::Open) {
-            self.set_state(State::Draining);
+        match self.state {
+            State::Open => self.set_state(State::Draining),
+            State::Handshake | State::Tls => {
+                self.pending.clear();
+                self.pending_frames = 0;
+                self.batch_deadline = None;
+                self.set_state(State::Draining);
+            }
+            State::Draining | State::Closed => {}
         }
     }
 
@@ -374,6 +479,11 @@ impl Conn {
         }
         if self.out.is_empty() {
             self.out = Vec::new();
+        }
+        #[cfg(feature = "tls")]
+        {
+            self.tls_in.shrink_idle(0);
+            self.sealed = Vec::new();
         }
     }
 
@@ -451,6 +561,28 @@ impl Conn {
         self.close_reason = Some(Err(err.clone()));
         self.set_state(State::Closed);
         err
+    }
+
+    /// Closes with `err` once the output already queued (a refusal, an alert) is written.
+    fn fail_after_flush(&mut self, err: ProtocolError) {
+        if self.out_pos == self.out.len() {
+            self.fail(err);
+            return;
+        }
+        self.close_reason = Some(Err(err));
+        self.pending.clear();
+        self.pending_frames = 0;
+        self.close_after_flush = true;
+        self.set_state(State::Draining);
+    }
+
+    /// The buffer the socket reads into: TLS records once TLS runs, else `raw`.
+    fn socket_buf(&mut self) -> &mut RecvBuf {
+        #[cfg(feature = "tls")]
+        if self.session.is_some() {
+            return &mut self.tls_in;
+        }
+        &mut self.raw
     }
 
     /// The buffer frames are decoded from: `plain` when the peer compresses, else `raw`.
@@ -549,11 +681,10 @@ impl Conn {
             Role::Client => handshake::accept_server_tls(self.cfg.tls != TlsPolicy::Off, hello.tls),
         };
         match agreed {
-            Ok(tls) => self.open(hello, tls),
+            Ok(true) => self.start_tls(),
+            Ok(false) => self.open(hello),
             Err(e) if self.cfg.role == Role::Server => {
-                self.close_reason = Some(Err(ProtocolError::Handshake(e)));
-                self.close_after_flush = true;
-                self.set_state(State::Draining);
+                self.fail_after_flush(ProtocolError::Handshake(e));
             }
             Err(e) => {
                 self.fail(ProtocolError::Handshake(e));
@@ -561,8 +692,7 @@ impl Conn {
         }
     }
 
-    fn open(&mut self, peer: Hello, tls: bool) {
-        self.tls = tls;
+    fn open(&mut self, peer: Hello) {
         self.handshake_deadline = None;
         // Codec availability was checked when the hello was decoded and when the owner built
         // the config, so neither constructor can fail here.
@@ -573,7 +703,167 @@ impl Conn {
             self.encoder = Encoder::new(self.cfg.compression, self.cfg.flate_level).ok();
         }
         self.opened = true;
+        self.handshake_complete = true;
         self.set_state(State::Open);
+    }
+
+    /// The hellos agreed on TLS: starts the TLS handshake (state `Tls`).
+    fn start_tls(&mut self) {
+        self.tls = true;
+        #[cfg(feature = "tls")]
+        {
+            let session: Option<Result<rustls::Connection, rustls::Error>> =
+                match self.cfg.role {
+                    Role::Client => self.cfg.tls_client.as_ref().map(|(config, name)| {
+                        rustls::ClientConnection::new(config.clone(), name.clone()).map(Into::into)
+                    }),
+                    Role::Server => self.cfg.tls_server.as_ref().map(|config| {
+                        rustls::ServerConnection::new(config.clone()).map(Into::into)
+                    }),
+                };
+            match session {
+                Some(Ok(session)) => {
+                    self.session = Some(Box::new(session));
+                    self.set_state(State::Tls);
+                    // Whatever followed the hello in the same read is TLS already.
+                    if !self.raw.is_empty() {
+                        self.tls_in.extend_from_slice(self.raw.filled());
+                        let n = self.raw.len();
+                        self.raw.consume(n);
+                    }
+                    self.read_tls(); // also queues the client's first TLS message
+                }
+                Some(Err(e)) => {
+                    self.fail(ProtocolError::Tls(TlsError::from(&e)));
+                }
+                None => self.fail_after_flush(ProtocolError::Tls(TlsError::new(
+                    TlsErrorKind::NotConfigured,
+                    "",
+                ))),
+            }
+        }
+        #[cfg(not(feature = "tls"))]
+        self.fail_after_flush(ProtocolError::Tls(TlsError::new(
+            TlsErrorKind::NotConfigured,
+            "this build has no TLS (cargo feature `tls`)",
+        )));
+    }
+
+    /// Hands the TLS records received to rustls, moves the plaintext it yields to `raw`, queues
+    /// what rustls has to send, and moves the TLS handshake along.
+    #[cfg(feature = "tls")]
+    fn read_tls(&mut self) {
+        let Some(session) = self.session.as_deref_mut() else {
+            return;
+        };
+        let mut failed = None;
+        while !self.tls_in.is_empty() {
+            // rustls takes at most about one record per call: loop until it has everything.
+            let mut records = self.tls_in.filled();
+            let taken = match session.read_tls(&mut records) {
+                Ok(n) => n,
+                Err(e) => {
+                    failed = Some(TlsError::new(TlsErrorKind::Protocol, e.to_string()));
+                    break;
+                }
+            };
+            self.tls_in.consume(taken);
+            let io = match session.process_new_packets() {
+                Ok(io) => io,
+                Err(e) => {
+                    failed = Some(TlsError::from(&e));
+                    break;
+                }
+            };
+            let n = io.plaintext_bytes_to_read();
+            if n > 0 {
+                let room = &mut self.raw.spare(n)[..n];
+                if let Err(e) = session.reader().read_exact(room) {
+                    failed = Some(TlsError::new(TlsErrorKind::Protocol, e.to_string()));
+                    break;
+                }
+                self.raw.commit(n);
+            }
+            if io.peer_has_closed() {
+                // close_notify: the peer's stream ends here; anything after it is ignored.
+                self.eof = true;
+                let rest = self.tls_in.len();
+                self.tls_in.consume(rest);
+                break;
+            }
+            if taken == 0 {
+                break;
+            }
+        }
+        // Handshake messages, and the alert that goes with an error.
+        self.write_tls_out();
+        match failed {
+            // During the TLS handshake the peer learns why from the alert, so it is written
+            // before closing. Once open, the connection closes at once.
+            Some(e) if self.state == State::Tls => self.fail_after_flush(ProtocolError::Tls(e)),
+            Some(e) => {
+                self.fail(ProtocolError::Tls(e));
+            }
+            None if self.state == State::Tls => self.advance_tls(),
+            None => {}
+        }
+    }
+
+    /// During `Tls`: once this side's TLS handshake is done, repeats the hello inside TLS; once
+    /// the peer's repeated hello is in and matches, opens.
+    #[cfg(feature = "tls")]
+    fn advance_tls(&mut self) {
+        let (Some(session), Some(peer)) = (self.session.as_deref_mut(), self.peer) else {
+            return;
+        };
+        if session.is_handshaking() {
+            if self.eof {
+                self.fail(ProtocolError::Truncated);
+            }
+            return;
+        }
+        if !self.hello_repeated {
+            self.hello_repeated = true;
+            let own =
+                Hello::new(self.cfg.compression, true).with_max_frame_len(self.cfg.max_frame_len);
+            // rustls accepts it whole: far below its buffer limit, and the handshake is done.
+            let _ = session.writer().write_all(&own.encode());
+            self.write_tls_out();
+        }
+        if self.raw.len() < HELLO_LEN {
+            if self.eof {
+                self.fail(ProtocolError::Truncated);
+            }
+            return;
+        }
+        let repeated = handshake::decode(&self.raw.filled()[..HELLO_LEN]);
+        if repeated != Ok(Some(peer)) {
+            self.fail(ProtocolError::Tls(TlsError::new(
+                TlsErrorKind::HelloMismatch,
+                "",
+            )));
+            return;
+        }
+        self.raw.consume(HELLO_LEN);
+        self.open(peer);
+    }
+
+    /// Appends what rustls has to send (records, alerts) to the output.
+    #[cfg(feature = "tls")]
+    fn write_tls_out(&mut self) {
+        let Some(session) = self.session.as_deref_mut() else {
+            return;
+        };
+        if self.out_pos > 0 && self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        }
+        while session.wants_write() {
+            match session.write_tls(&mut self.out) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
     }
 
     fn flush_due(&mut self, now: Instant) -> bool {
@@ -582,8 +872,9 @@ impl Conn {
         }
         match self.state {
             State::Open => {}
-            State::Draining => return !self.close_after_flush,
-            State::Handshake | State::Closed => return false,
+            // Frames go out only after the handshake, and never after a refusal.
+            State::Draining => return self.handshake_complete && !self.close_after_flush,
+            State::Handshake | State::Tls | State::Closed => return false,
         }
         if self.cfg.max_batch_delay.is_zero() || self.pending.len() >= self.cfg.flush_threshold {
             return true;
@@ -603,15 +894,57 @@ impl Conn {
             self.out.clear();
             self.out_pos = 0;
         }
-        match &mut self.encoder {
-            None if self.out.is_empty() => std::mem::swap(&mut self.out, &mut self.pending),
-            None => self.out.extend_from_slice(&self.pending),
-            Some(encoder) => encoder.encode(&self.pending, &mut self.out),
+        #[cfg(feature = "tls")]
+        let sealed = self.seal_batch();
+        #[cfg(not(feature = "tls"))]
+        let sealed = false;
+        if !sealed {
+            match &mut self.encoder {
+                None if self.out.is_empty() => std::mem::swap(&mut self.out, &mut self.pending),
+                None => self.out.extend_from_slice(&self.pending),
+                Some(encoder) => encoder.encode(&self.pending, &mut self.out),
+            }
         }
         self.pending.clear();
         self.counters.frames_out += std::mem::take(&mut self.pending_frames);
         self.counters.flushes += 1;
         self.batch_deadline = None;
+    }
+
+    /// With TLS: compresses the batch if configured, writes it into rustls in one piece, and
+    /// appends the records to the output. False without TLS.
+    ///
+    /// rustls cuts what it is given into records of at most 16 KiB of plaintext; it takes up
+    /// to its buffer limit (64 KiB, four full records) per write, and the records are moved
+    /// to the output after each, so a large batch never sits in memory twice over.
+    #[cfg(feature = "tls")]
+    fn seal_batch(&mut self) -> bool {
+        let Some(session) = self.session.as_deref_mut() else {
+            return false;
+        };
+        let mut rest: &[u8] = match &mut self.encoder {
+            Some(encoder) => {
+                self.sealed.clear();
+                encoder.encode(&self.pending, &mut self.sealed);
+                &self.sealed
+            }
+            None => &self.pending,
+        };
+        while !rest.is_empty() {
+            // Fails only after a TLS error, and the connection is closed by then.
+            let n = session.writer().write(rest).unwrap_or(0);
+            rest = &rest[n..];
+            while session.wants_write() {
+                match session.write_tls(&mut self.out) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        true
     }
 }
 
@@ -1066,14 +1399,14 @@ mod tests {
             (Optional, Required, true),
         ] {
             let mut p = Pair::new(
-                ConnConfig {
+                with_tls(ConnConfig {
                     tls: client_tls,
                     ..config(Role::Client, Compression::None)
-                },
-                ConnConfig {
+                }),
+                with_tls(ConnConfig {
                     tls: server_tls,
                     ..config(Role::Server, Compression::None)
-                },
+                }),
             );
             p.client_to_server(NO_LIMIT);
             assert_eq!(
@@ -1081,14 +1414,29 @@ mod tests {
                 [b'B', b'R', b'P', b'C', 1, 0, agreed as u8, 0, 0, 0, 4]
             );
             assert_eq!(
-                (p.client.state(), p.server.state()),
-                (State::Open, State::Open)
-            );
-            assert_eq!(
                 (p.client.tls_agreed(), p.server.tls_agreed()),
                 (agreed, agreed)
             );
+            let states = match (agreed, cfg!(feature = "tls")) {
+                (false, _) => (State::Open, State::Open),
+                (true, true) => (State::Tls, State::Tls),
+                (true, false) => (State::Closed, State::Closed),
+            };
+            assert_eq!((p.client.state(), p.server.state()), states);
+            if agreed && !cfg!(feature = "tls") {
+                let err = ProtocolError::Tls(crate::wire::tls::TlsError::new(
+                    crate::wire::tls::TlsErrorKind::NotConfigured,
+                    "this build has no TLS (cargo feature `tls`)",
+                ));
+                assert_eq!(p.client.close_reason(), closed_with(err).as_ref());
+            }
         }
+    }
+
+    /// Without the `tls` feature there is nothing to add.
+    #[cfg(not(feature = "tls"))]
+    fn with_tls(cfg: ConnConfig) -> ConnConfig {
+        cfg
     }
 
     #[test]
@@ -1728,11 +2076,7 @@ mod tests {
         out
     }
 
-    // ----- known bugs -----
-
     #[test]
-    #[ignore = "bug: begin_drain() during the handshake flushes queued frames before the peer's \
-                hello, and without the announced compression"]
     fn draining_during_the_handshake_sends_no_frame_before_the_hello_exchange() {
         for c in compressions() {
             let mut p = Pair::new(
@@ -1747,8 +2091,15 @@ mod tests {
                 Hello::new(c, false).encode(),
                 "{c}"
             );
+            assert!(
+                p.client.is_flushed(),
+                "the frames are dropped: they can never go out"
+            );
+            assert_eq!(p.client.state(), State::Draining);
         }
     }
+
+    // ----- known bugs -----
 
     #[test]
     #[ignore = "bug: bytes inflated into the flate decoder's window are not delivered once the \
@@ -1786,5 +2137,643 @@ mod tests {
             "frames delivered before and after the end of stream, and how it ended"
         );
         assert_eq!(before_eof, batch);
+    }
+
+    #[cfg(feature = "tls")]
+    use tls_cases::with_tls;
+
+    /// TLS inside the state machine: real rustls sessions (ring provider) with certificates made
+    /// by rcgen, bytes moved by hand, time simulated.
+    #[cfg(feature = "tls")]
+    mod tls_cases {
+        use std::sync::{Arc, OnceLock};
+
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+        use rustls::server::WebPkiClientVerifier;
+        use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+        use super::*;
+        use crate::wire::tls::{TlsError, TlsErrorKind};
+
+        /// A CA, a server certificate for `localhost` and a client certificate it signed, and a
+        /// second, unrelated CA.
+        struct Pki {
+            ca: CertificateDer<'static>,
+            other_ca: CertificateDer<'static>,
+            server: (CertificateDer<'static>, PrivateKeyDer<'static>),
+            client: (CertificateDer<'static>, PrivateKeyDer<'static>),
+        }
+
+        fn new_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::DigitalSignature,
+            ];
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap()
+        }
+
+        fn leaf(
+            ca: &rcgen::Issuer<'_, rcgen::KeyPair>,
+            name: &str,
+        ) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+                .unwrap()
+                .signed_by(&key, ca)
+                .unwrap();
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            (cert.der().clone(), key)
+        }
+
+        fn pki() -> &'static Pki {
+            static PKI: OnceLock<Pki> = OnceLock::new();
+            PKI.get_or_init(|| {
+                let ca = new_ca("batchrpc unit test CA");
+                let other = new_ca("someone else's CA");
+                Pki {
+                    ca: ca.der().clone(),
+                    other_ca: other.der().clone(),
+                    server: leaf(&ca, "localhost"),
+                    client: leaf(&ca, "client.localhost"),
+                }
+            })
+        }
+
+        fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+            Arc::new(rustls::crypto::ring::default_provider())
+        }
+
+        fn roots(ca: &CertificateDer<'static>) -> Arc<RootCertStore> {
+            let mut roots = RootCertStore::empty();
+            roots.add(ca.clone()).unwrap();
+            Arc::new(roots)
+        }
+
+        /// A server config; with `mtls`, client certificates signed by the test CA are required.
+        pub(super) fn server_tls(mtls: bool) -> Arc<ServerConfig> {
+            let pki = pki();
+            let builder = ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap();
+            let builder = if mtls {
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(roots(&pki.ca), provider())
+                        .build()
+                        .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            } else {
+                builder.with_no_client_auth()
+            };
+            let (cert, key) = &pki.server;
+            Arc::new(
+                builder
+                    .with_single_cert(vec![cert.clone()], key.clone_key())
+                    .unwrap(),
+            )
+        }
+
+        /// A client config trusting `ca`, with the test client certificate if `identity`.
+        fn client_tls(ca: &CertificateDer<'static>, identity: bool) -> Arc<ClientConfig> {
+            let builder = ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots(ca));
+            Arc::new(if identity {
+                let (cert, key) = &pki().client;
+                builder
+                    .with_client_auth_cert(vec![cert.clone()], key.clone_key())
+                    .unwrap()
+            } else {
+                builder.with_no_client_auth()
+            })
+        }
+
+        fn name(s: &str) -> ServerName<'static> {
+            ServerName::try_from(s.to_string()).unwrap()
+        }
+
+        /// `cfg` with this side's TLS configuration (the policy is left as it is).
+        pub(in super::super) fn with_tls(mut cfg: ConnConfig) -> ConnConfig {
+            match cfg.role {
+                Role::Client => {
+                    cfg.tls_client = Some((client_tls(&pki().ca, false), name("localhost")))
+                }
+                Role::Server => cfg.tls_server = Some(server_tls(false)),
+            }
+            cfg
+        }
+
+        fn tls_config(role: Role, c: Compression) -> ConnConfig {
+            let tls = match role {
+                Role::Client => TlsPolicy::Required,
+                Role::Server => TlsPolicy::Required,
+            };
+            with_tls(ConnConfig {
+                tls,
+                ..config(role, c)
+            })
+        }
+
+        fn tls_err(kind: TlsErrorKind) -> impl Fn(&Conn) -> bool {
+            move |conn: &Conn| matches!(conn.close_reason(), Some(Err(ProtocolError::Tls(e))) if e.kind() == kind)
+        }
+
+        impl Pair {
+            /// Moves bytes both ways, in reads of at most `piece`, until neither side has
+            /// anything to send.
+            fn pump(&mut self, piece: usize) {
+                for _ in 0..100 {
+                    let a = self.client_to_server(piece).len();
+                    let b = self.server_to_client(piece).len();
+                    if a == 0 && b == 0 {
+                        return;
+                    }
+                }
+                panic!("the pair kept talking");
+            }
+
+            fn open_tls(client: ConnConfig, server: ConnConfig) -> Pair {
+                let mut pair = Pair::new(client, server);
+                pair.pump(NO_LIMIT);
+                assert_eq!(
+                    (pair.client.state(), pair.server.state()),
+                    (State::Open, State::Open)
+                );
+                assert!(pair.client.poll_opened());
+                assert!(pair.server.poll_opened());
+                pair
+            }
+        }
+
+        /// Parses `bytes` as whole TLS records: (content type, length) of each.
+        fn records(mut bytes: &[u8]) -> Vec<(u8, usize)> {
+            let mut out = Vec::new();
+            while !bytes.is_empty() {
+                assert!(bytes.len() >= 5, "a record header cut short");
+                let (kind, version) = (bytes[0], u16::from_be_bytes([bytes[1], bytes[2]]));
+                let len = u16::from_be_bytes([bytes[3], bytes[4]]) as usize;
+                // TLS 1.2's version, or 1.0's in the first ClientHello for compatibility.
+                assert!(matches!(version, 0x0301 | 0x0303), "record version {version:#x}");
+                assert!(bytes.len() >= 5 + len, "a record cut short");
+                out.push((kind, len));
+                bytes = &bytes[5 + len..];
+            }
+            out
+        }
+
+        #[test]
+        fn hello_then_tls_then_open_with_the_deadline_kept_throughout() {
+            let mut p = Pair::new(
+                tls_config(Role::Client, Compression::None),
+                tls_config(Role::Server, Compression::None),
+            );
+            let deadline = p.now + Duration::from_secs(3);
+            // The client's hello asks for TLS; nothing else goes before the answer.
+            assert_eq!(
+                p.client_to_server(NO_LIMIT),
+                Hello::new(Compression::None, true).encode()
+            );
+            assert_eq!(p.server.state(), State::Tls);
+            assert!(p.server.tls_agreed());
+            assert!(p.server.tls_session().is_some());
+            // The answer says TLS; the client starts TLS at once.
+            assert_eq!(
+                p.server_to_client(NO_LIMIT),
+                Hello::new(Compression::None, true).encode()
+            );
+            assert_eq!(p.client.state(), State::Tls);
+            let client_hello = transmit(&mut p.client, p.now);
+            assert_eq!(records(&client_hello)[0].0, 0x16, "a TLS handshake record");
+            feed(&mut p.server, &client_hello, NO_LIMIT);
+            for conn in [&p.client, &p.server] {
+                assert_eq!(conn.next_deadline(), Some(deadline), "{}", conn.state());
+                assert!(!conn.handshake_complete());
+            }
+            assert_eq!(State::Tls.to_string(), "tls handshake");
+
+            p.pump(NO_LIMIT);
+            for conn in [&mut p.client, &mut p.server] {
+                assert_eq!(conn.state(), State::Open);
+                assert!(conn.poll_opened());
+                assert!(!conn.poll_opened());
+                assert!(conn.handshake_complete());
+                assert_eq!(conn.next_deadline(), None);
+                assert_eq!(conn.close_reason(), None);
+                assert!(!conn.tls_session().unwrap().is_handshaking());
+            }
+            // The server saw the client's hello, and the other way round.
+            assert_eq!(
+                p.server.peer_hello(),
+                Some(&Hello::new(Compression::None, true))
+            );
+            let server_certs = p.client.tls_session().unwrap().peer_certificates().unwrap();
+            assert_eq!(server_certs[0], pki().server.0);
+            assert!(p
+                .server
+                .tls_session()
+                .unwrap()
+                .peer_certificates()
+                .is_none());
+        }
+
+        #[test]
+        fn frames_cross_tls_in_every_compression_pair_and_in_small_reads() {
+            use FrameKind::*;
+            let big = noise(100_000, 5);
+            for cc in compressions() {
+                for sc in compressions() {
+                    for piece in [NO_LIMIT, 7] {
+                        let mut p =
+                            Pair::new(tls_config(Role::Client, cc), tls_config(Role::Server, sc));
+                        p.pump(piece);
+                        assert_eq!(
+                            (p.client.state(), p.server.state()),
+                            (State::Open, State::Open)
+                        );
+                        p.client.send_frame(1, Request, b"foobar");
+                        p.client.send_frame(2, RequestNoReply, b"");
+                        p.client.send_frame(3, Request, &big);
+                        p.client_to_server(piece);
+                        assert_eq!(
+                            receive_ok(&mut p.server),
+                            [
+                                got(1, Request, b"foobar"),
+                                got(2, RequestNoReply, b""),
+                                got(3, Request, &big)
+                            ],
+                            "{cc} -> {sc}, reads of {piece}"
+                        );
+                        for round in 0..3u32 {
+                            p.server.send_frame(round, Response, &[0x5a; 261]);
+                            p.server.send_frame(round + 100, ErrorResponse, b"boom");
+                            p.server_to_client(piece);
+                            assert_eq!(
+                                receive_ok(&mut p.client),
+                                [
+                                    got(round, Response, &[0x5a; 261]),
+                                    got(round + 100, ErrorResponse, b"boom")
+                                ]
+                            );
+                        }
+                        assert_eq!(p.client.counters().flushes, 1);
+                        assert_eq!(p.server.counters().flushes, 3);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn one_flush_is_one_chunk_of_as_few_records_as_the_record_limit_allows() {
+            for c in compressions() {
+                for (frames, size) in [(1usize, 10usize), (100, 1_000), (300, 1_000), (3, 70_000)] {
+                    let mut p =
+                        Pair::open_tls(tls_config(Role::Client, c), tls_config(Role::Server, c));
+                    let mut batch = Vec::new();
+                    for id in 0..frames as u32 {
+                        let payload = noise(size, id);
+                        p.client.send_frame(id, FrameKind::Request, &payload);
+                        frame::encode(&mut batch, id, FrameKind::Request, &payload);
+                    }
+                    let chunk = p.client.poll_transmit(p.now).expect("a flush").to_vec();
+                    p.client.handle_sent(chunk.len());
+                    assert_eq!(p.client.poll_transmit(p.now), None, "one contiguous chunk");
+                    assert_eq!(p.client.counters().flushes, 1);
+                    let recs = records(&chunk);
+                    assert!(
+                        recs.iter().all(|&(kind, _)| kind == 0x17),
+                        "application data only"
+                    );
+                    if c == Compression::None {
+                        // TLS 1.3: 16 KiB of plaintext per record, plus its type byte and tag.
+                        let expected = batch.len().div_ceil(16 << 10);
+                        assert_eq!(
+                            recs.len(),
+                            expected,
+                            "{frames} x {size}: {} bytes",
+                            batch.len()
+                        );
+                        let sealed: usize = recs.iter().map(|&(_, len)| len - 17).sum();
+                        assert_eq!(sealed, batch.len());
+                    } else {
+                        assert!(recs.len() <= batch.len().div_ceil(16 << 10), "{c}");
+                    }
+                    feed(&mut p.server, &chunk, NO_LIMIT);
+                    assert_eq!(receive_ok(&mut p.server).len(), frames, "{c}");
+                }
+            }
+        }
+
+        #[test]
+        fn frames_queued_before_open_wait_for_the_tls_handshake() {
+            for c in compressions() {
+                let mut p = Pair::new(tls_config(Role::Client, c), tls_config(Role::Server, c));
+                p.client.send_frame(1, FrameKind::Request, b"early");
+                p.client_to_server(NO_LIMIT);
+                p.server_to_client(NO_LIMIT);
+                assert_eq!(p.client.state(), State::Tls);
+                let client_hello = transmit(&mut p.client, p.now);
+                assert_eq!(p.client.counters().flushes, 0, "nothing flushed during TLS");
+                assert!(records(&client_hello).iter().all(|&(kind, _)| kind == 0x16));
+                feed(&mut p.server, &client_hello, NO_LIMIT);
+                p.pump(NO_LIMIT);
+                assert_eq!(
+                    receive_ok(&mut p.server),
+                    [got(1, FrameKind::Request, b"early")],
+                    "{c}"
+                );
+                assert_eq!(p.client.counters().flushes, 1);
+            }
+        }
+
+        #[test]
+        fn tls_records_in_the_same_read_as_the_hello_are_taken() {
+            // A client whose hello and first TLS message reach the server in one read.
+            let mut p = Pair::new(
+                tls_config(Role::Client, Compression::None),
+                tls_config(Role::Server, Compression::None),
+            );
+            let hello = p.client_to_server(NO_LIMIT);
+            p.server_to_client(NO_LIMIT);
+            let client_hello = transmit(&mut p.client, p.now);
+            let mut server = Conn::new(tls_config(Role::Server, Compression::None), p.now);
+            feed(
+                &mut server,
+                &[hello.as_slice(), &client_hello].concat(),
+                NO_LIMIT,
+            );
+            assert_eq!(server.state(), State::Tls);
+            let answer = transmit(&mut server, p.now);
+            assert_eq!(
+                answer[..HELLO_LEN],
+                Hello::new(Compression::None, true).encode()
+            );
+            assert_eq!(
+                records(&answer[HELLO_LEN..])[0].0,
+                0x16,
+                "the server's TLS flight follows"
+            );
+        }
+
+        #[test]
+        fn a_certificate_for_another_name_fails_both_sides_and_the_alert_goes_first() {
+            let client_cfg = ConnConfig {
+                tls_client: Some((client_tls(&pki().ca, false), name("other.example"))),
+                ..tls_config(Role::Client, Compression::None)
+            };
+            let mut p = Pair::new(client_cfg, tls_config(Role::Server, Compression::None));
+            p.client_to_server(NO_LIMIT);
+            p.server_to_client(NO_LIMIT);
+            p.client_to_server(NO_LIMIT); // ClientHello
+            let flight = transmit(&mut p.server, p.now);
+            feed(&mut p.client, &flight, NO_LIMIT);
+            // The client refused the certificate, and says so before closing.
+            assert_eq!(p.client.state(), State::Draining);
+            assert!(
+                tls_err(TlsErrorKind::NotValidForName)(&p.client),
+                "{:?}",
+                p.client.close_reason()
+            );
+            let alert = transmit(&mut p.client, p.now);
+            assert!(!alert.is_empty());
+            assert_eq!(p.client.state(), State::Closed);
+            assert!(tls_err(TlsErrorKind::NotValidForName)(&p.client));
+            assert!(!p.client.poll_opened());
+            feed(&mut p.server, &alert, NO_LIMIT);
+            assert_eq!(p.server.state(), State::Closed);
+            assert!(
+                tls_err(TlsErrorKind::Refused)(&p.server),
+                "{:?}",
+                p.server.close_reason()
+            );
+            assert!(!p.server.poll_opened());
+            let Some(Err(e)) = p.client.close_reason() else {
+                unreachable!()
+            };
+            assert!(e.to_string().contains("not valid for"), "{e}");
+        }
+
+        #[test]
+        fn an_unknown_ca_fails_both_sides() {
+            let client_cfg = ConnConfig {
+                tls_client: Some((client_tls(&pki().other_ca, false), name("localhost"))),
+                ..tls_config(Role::Client, Compression::Snappy)
+            };
+            let mut p = Pair::new(client_cfg, tls_config(Role::Server, Compression::None));
+            p.pump(NO_LIMIT);
+            assert_eq!(
+                (p.client.state(), p.server.state()),
+                (State::Closed, State::Closed)
+            );
+            assert!(
+                tls_err(TlsErrorKind::UnknownIssuer)(&p.client),
+                "{:?}",
+                p.client.close_reason()
+            );
+            assert!(
+                tls_err(TlsErrorKind::Refused)(&p.server),
+                "{:?}",
+                p.server.close_reason()
+            );
+            let Some(Err(e)) = p.server.close_reason() else {
+                unreachable!()
+            };
+            assert!(e.to_string().contains("UnknownCA"), "{e}");
+        }
+
+        #[test]
+        fn mutual_tls_needs_the_client_certificate_and_the_client_learns_before_opening() {
+            for (identity, ca) in [(true, &pki().ca), (false, &pki().ca)] {
+                let client_cfg = ConnConfig {
+                    tls_client: Some((client_tls(ca, identity), name("localhost"))),
+                    ..tls_config(Role::Client, Compression::None)
+                };
+                let server_cfg = ConnConfig {
+                    tls_server: Some(server_tls(true)),
+                    ..tls_config(Role::Server, Compression::None)
+                };
+                let mut p = Pair::new(client_cfg, server_cfg);
+                p.pump(NO_LIMIT);
+                if identity {
+                    assert_eq!(
+                        (p.client.state(), p.server.state()),
+                        (State::Open, State::Open)
+                    );
+                    let certs = p.server.tls_session().unwrap().peer_certificates().unwrap();
+                    assert_eq!(certs[0], pki().client.0);
+                } else {
+                    // With TLS 1.3 the client's own handshake completed; it still never opened.
+                    assert_eq!(
+                        (p.client.state(), p.server.state()),
+                        (State::Closed, State::Closed)
+                    );
+                    assert!(!p.client.handshake_complete() && !p.client.poll_opened());
+                    assert!(
+                        tls_err(TlsErrorKind::NoCertificate)(&p.server),
+                        "{:?}",
+                        p.server.close_reason()
+                    );
+                    assert!(
+                        tls_err(TlsErrorKind::Refused)(&p.client),
+                        "{:?}",
+                        p.client.close_reason()
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn a_hello_altered_in_transit_is_caught_inside_tls() {
+            let mut p = Pair::new(
+                tls_config(Role::Client, Compression::None),
+                tls_config(Role::Server, Compression::None),
+            );
+            // An attacker lowers the client's frame limit on the way.
+            let mut hello = transmit(&mut p.client, p.now);
+            hello[7..].copy_from_slice(&1000u32.to_le_bytes());
+            feed(&mut p.server, &hello, NO_LIMIT);
+            p.pump(NO_LIMIT);
+            assert_eq!(p.server.state(), State::Closed);
+            assert!(
+                tls_err(TlsErrorKind::HelloMismatch)(&p.server),
+                "{:?}",
+                p.server.close_reason()
+            );
+            assert!(!p.server.handshake_complete());
+        }
+
+        #[test]
+        fn garbage_instead_of_tls_records_fails_with_a_tls_error() {
+            let mut p = Pair::new(
+                tls_config(Role::Client, Compression::None),
+                tls_config(Role::Server, Compression::None),
+            );
+            p.client_to_server(NO_LIMIT);
+            feed(
+                &mut p.server,
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+                NO_LIMIT,
+            );
+            assert!(
+                tls_err(TlsErrorKind::Protocol)(&p.server),
+                "{:?}",
+                p.server.close_reason()
+            );
+            // The hello answer and the alert are written; then it closes.
+            assert_eq!(p.server.state(), State::Draining);
+            let out = transmit(&mut p.server, p.now);
+            assert_eq!(
+                out[..HELLO_LEN],
+                Hello::new(Compression::None, true).encode()
+            );
+            assert_eq!(records(&out[HELLO_LEN..]), [(0x15, 2)], "one alert");
+            assert_eq!(p.server.state(), State::Closed);
+        }
+
+        #[test]
+        fn the_tls_handshake_times_out_at_the_handshake_deadline() {
+            let mut p = Pair::new(
+                ConnConfig {
+                    handshake_timeout: ms(250),
+                    ..tls_config(Role::Client, Compression::None)
+                },
+                tls_config(Role::Server, Compression::None),
+            );
+            p.client_to_server(NO_LIMIT);
+            p.server_to_client(NO_LIMIT);
+            // The ClientHello is lost: the server never answers.
+            transmit(&mut p.client, p.now);
+            assert_eq!(p.client.state(), State::Tls);
+            let deadline = p.now + ms(250);
+            assert_eq!(p.client.next_deadline(), Some(deadline));
+            p.client.handle_timeout(deadline - Duration::from_nanos(1));
+            assert_eq!(p.client.state(), State::Tls);
+            p.client.handle_timeout(deadline);
+            let err = ProtocolError::Handshake(HandshakeError::Timeout);
+            assert_eq!(p.client.close_reason(), closed_with(err).as_ref());
+        }
+
+        #[test]
+        fn end_of_stream_during_tls_is_truncation_and_after_it_ends_at_frame_boundaries() {
+            let mut p = Pair::new(
+                tls_config(Role::Client, Compression::None),
+                tls_config(Role::Server, Compression::None),
+            );
+            p.client_to_server(NO_LIMIT);
+            p.server.handle_eof();
+            assert_eq!(
+                p.server.close_reason(),
+                closed_with(ProtocolError::Truncated).as_ref()
+            );
+
+            for c in compressions() {
+                let mut p =
+                    Pair::open_tls(tls_config(Role::Client, c), tls_config(Role::Server, c));
+                p.client.send_frame(1, FrameKind::Request, b"whole");
+                p.client_to_server(NO_LIMIT);
+                p.server.handle_eof();
+                assert_eq!(
+                    receive(&mut p.server),
+                    (vec![got(1, FrameKind::Request, b"whole")], Ok(()))
+                );
+                assert_eq!(p.server.close_reason(), Some(&Ok(())), "{c}");
+
+                let mut p =
+                    Pair::open_tls(tls_config(Role::Client, c), tls_config(Role::Server, c));
+                p.client.send_frame(1, FrameKind::Request, b"whole");
+                p.client_to_server(NO_LIMIT);
+                p.client
+                    .send_frame(2, FrameKind::Request, &noise(40_000, 1));
+                let bytes = transmit(&mut p.client, p.now);
+                feed(&mut p.server, &bytes[..bytes.len() / 2], NO_LIMIT);
+                p.server.handle_eof();
+                let (frames, end) = receive(&mut p.server);
+                assert_eq!(frames, [got(1, FrameKind::Request, b"whole")], "{c}");
+                assert_eq!(end, Err(ProtocolError::Truncated), "{c}");
+            }
+        }
+
+        #[test]
+        fn a_peer_that_requires_no_tls_config_here_fails_clearly() {
+            // TLS agreed, but the server was given no rustls configuration.
+            let server_cfg = ConnConfig {
+                tls: TlsPolicy::Required,
+                ..config(Role::Server, Compression::None)
+            };
+            let mut p = Pair::new(tls_config(Role::Client, Compression::None), server_cfg);
+            p.client_to_server(NO_LIMIT);
+            assert!(tls_err(TlsErrorKind::NotConfigured)(&p.server));
+            let err = TlsError::new(TlsErrorKind::NotConfigured, "");
+            assert_eq!(
+                err.to_string(),
+                "TLS was agreed but this side has no TLS configuration"
+            );
+        }
+
+        #[test]
+        fn idle_tls_connections_give_their_buffers_back() {
+            for c in compressions() {
+                let mut p =
+                    Pair::open_tls(tls_config(Role::Client, c), tls_config(Role::Server, c));
+                p.client
+                    .send_frame(1, FrameKind::Request, &noise(30_000, 1));
+                p.client_to_server(NO_LIMIT);
+                assert_eq!(receive_ok(&mut p.server).len(), 1);
+                p.server
+                    .send_frame(1, FrameKind::Response, &noise(30_000, 2));
+                p.server_to_client(NO_LIMIT);
+                assert_eq!(receive_ok(&mut p.client).len(), 1);
+                for conn in [&mut p.client, &mut p.server] {
+                    assert!(conn.buffered_capacity() > 0);
+                    conn.release_idle_buffers();
+                    assert_eq!(conn.buffered_capacity(), 0, "{c}");
+                }
+            }
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`frame`]: the native frame, encoder and zero-copy decoder with limits.
 //! - [`compress`]: streaming codecs over a whole direction of a connection.
 //! - [`conn`]: the per-connection state machine: buffers, batching, flush policy.
+//! - [`tls`]: TLS (rustls, sans-IO) inside the connection, and its errors.
 
 pub mod buffer;
 pub mod compress;
@@ -14,12 +15,14 @@ pub mod conn;
 mod crc32c;
 pub mod frame;
 pub mod handshake;
+pub mod tls;
 
 use std::fmt;
 
 use compress::DecompressError;
 use frame::{FrameError, FrameKind};
 use handshake::HandshakeError;
+use tls::TlsError;
 
 /// A violation of the protocol by the peer (or by the configuration it met). Fatal to the
 /// connection it happened on, and to nothing else.
@@ -37,6 +40,9 @@ pub enum ProtocolError {
     UnexpectedKind(FrameKind),
     /// The stream ended inside the hello or a frame.
     Truncated,
+    /// The TLS session failed: a certificate the other side does not accept, a fatal alert
+    /// from the peer, a record that does not decrypt, ...
+    Tls(TlsError),
 }
 
 impl fmt::Display for ProtocolError {
@@ -47,6 +53,7 @@ impl fmt::Display for ProtocolError {
             ProtocolError::Decompress(e) => write!(f, "decompression: {e}"),
             ProtocolError::UnexpectedKind(k) => write!(f, "unexpected frame kind {k:?}"),
             ProtocolError::Truncated => f.write_str("stream ended inside a frame"),
+            ProtocolError::Tls(e) => write!(f, "tls: {e}"),
         }
     }
 }
@@ -57,6 +64,7 @@ impl std::error::Error for ProtocolError {
             ProtocolError::Handshake(e) => Some(e),
             ProtocolError::Frame(e) => Some(e),
             ProtocolError::Decompress(e) => Some(e),
+            ProtocolError::Tls(e) => Some(e),
             _ => None,
         }
     }
@@ -71,6 +79,12 @@ impl From<FrameError> for ProtocolError {
 impl From<HandshakeError> for ProtocolError {
     fn from(e: HandshakeError) -> Self {
         ProtocolError::Handshake(e)
+    }
+}
+
+impl From<TlsError> for ProtocolError {
+    fn from(e: TlsError) -> Self {
+        ProtocolError::Tls(e)
     }
 }
 
