@@ -12,7 +12,8 @@
 //! cargo bench --bench end_to_end -- NoDelay1000  # one row
 //! ```
 //!
-//! The TLS rows join once TLS is in.
+//! The `EndToEndTLSCompress*` rows are the `EndToEndCompress*` rows over TLS (rustls with the
+//! ring provider, TLS 1.3, a self-signed certificate made at start by rcgen).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +39,28 @@ struct Shape {
     delay: Duration,
     compression: Compression,
     pipeline: bool,
+    tls: bool,
+}
+
+/// Server and client TLS configurations for `localhost`, made once: a self-signed certificate
+/// that the client trusts, and the ring provider installed as the process default.
+#[cfg(feature = "tls")]
+fn tls_configs() -> &'static (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    static CONFIGS: std::sync::OnceLock<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>)> =
+        std::sync::OnceLock::new();
+    CONFIGS.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .expect("self-signed certificate");
+        let cert = certified.cert.pem();
+        let key = certified.signing_key.serialize_pem();
+        let server =
+            batchrpc::tls::server_config_from_pem_bytes(cert.as_bytes(), key.as_bytes(), None)
+                .expect("server TLS config");
+        let client = batchrpc::tls::client_config_from_pem_bytes(cert.as_bytes(), None)
+            .expect("client TLS config");
+        (server, client)
+    })
 }
 
 struct Rig {
@@ -54,7 +77,8 @@ impl Rig {
         } else {
             Duration::ZERO
         };
-        let server = Server::builder()
+        #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+        let mut server = Server::builder()
             .compression(shape.compression)
             .max_batch_delay(server_delay)
             .pipeline(shape.pipeline)
@@ -62,17 +86,24 @@ impl Rig {
             .handler(|_: &RequestCtx, _req: &[u8], resp: &mut Vec<u8>| {
                 resp.extend_from_slice(BODY);
                 Ok(())
-            })
-            .bind("127.0.0.1:0")
-            .expect("bind");
+            });
+        #[cfg(feature = "tls")]
+        if shape.tls {
+            server = server.tls(tls_configs().0.clone());
+        }
+        let server = server.bind("127.0.0.1:0").expect("bind");
         let clients = (0..cores())
             .map(|_| {
-                Client::builder(server.local_addr())
+                #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+                let mut client = Client::builder(server.local_addr())
                     .compression(shape.compression)
                     .max_batch_delay(shape.delay)
-                    .max_pending_requests(shape.parallelism as u32 + 16)
-                    .connect()
-                    .expect("connect")
+                    .max_pending_requests(shape.parallelism as u32 + 16);
+                #[cfg(feature = "tls")]
+                if shape.tls {
+                    client = client.tls(tls_configs().1.clone(), "localhost");
+                }
+                client.connect().expect("connect")
             })
             .collect();
         Rig {
@@ -117,21 +148,22 @@ fn caller(client: &Client, calls: u64, window: usize) {
     }
 }
 
-fn configure(c: &mut Criterion) -> Criterion {
+/// Short runs: the rows are many, and each is steady within a second or two.
+/// `BENCH_QUICK=1` makes them shorter still, for smoke runs.
+fn config() -> Criterion {
     let quick = std::env::var_os("BENCH_QUICK").is_some();
     let (warm, measure, samples) = if quick {
         (Duration::from_millis(200), Duration::from_millis(600), 10)
     } else {
         (Duration::from_secs(1), Duration::from_secs(3), 20)
     };
-    std::mem::take(c)
+    Criterion::default()
         .warm_up_time(warm)
         .measurement_time(measure)
         .sample_size(samples)
 }
 
 fn end_to_end(c: &mut Criterion) {
-    let mut c = configure(c);
     let ms = Duration::from_millis;
     let none = Compression::None;
     let mut rows: Vec<(String, Shape)> = Vec::new();
@@ -148,6 +180,7 @@ fn end_to_end(c: &mut Criterion) {
                 delay: Duration::ZERO,
                 compression: none,
                 pipeline: false,
+                tls: false,
             },
         ));
     }
@@ -159,24 +192,32 @@ fn end_to_end(c: &mut Criterion) {
                 delay: ms(d),
                 compression: none,
                 pipeline: false,
+                tls: false,
             },
         ));
     }
-    for (name, compression) in [
-        ("None", Compression::None),
-        ("Flate", Compression::Flate),
-        ("Snappy", Compression::Snappy),
-    ] {
-        if compression.is_available() {
-            rows.push((
-                format!("EndToEndCompress{name}"),
-                Shape {
-                    parallelism: 1000,
-                    delay: ms(1),
-                    compression,
-                    pipeline: false,
-                },
-            ));
+    for tls in [false, true] {
+        if tls && cfg!(not(feature = "tls")) {
+            continue;
+        }
+        for (name, compression) in [
+            ("None", Compression::None),
+            ("Flate", Compression::Flate),
+            ("Snappy", Compression::Snappy),
+        ] {
+            if compression.is_available() {
+                let tls_name = if tls { "TLS" } else { "" };
+                rows.push((
+                    format!("EndToEnd{tls_name}Compress{name}"),
+                    Shape {
+                        parallelism: 1000,
+                        delay: ms(1),
+                        compression,
+                        pipeline: false,
+                        tls,
+                    },
+                ));
+            }
         }
     }
     for p in [1, 10, 100, 1000] {
@@ -187,6 +228,7 @@ fn end_to_end(c: &mut Criterion) {
                 delay: Duration::ZERO,
                 compression: none,
                 pipeline: true,
+                tls: false,
             },
         ));
     }
@@ -203,7 +245,6 @@ fn end_to_end(c: &mut Criterion) {
 /// fastrpc's `SendNowait`: fire-and-forget requests, each caller thread with its own client
 /// (at most 100 pending), to a pipelined server; timed until the server has handled them all.
 fn send_nowait(c: &mut Criterion) {
-    let mut c = configure(c);
     let handled = Arc::new(AtomicU64::new(0));
     let seen = handled.clone();
     let server = Server::builder()
@@ -253,5 +294,9 @@ fn send_nowait(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, end_to_end, send_nowait);
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = end_to_end, send_nowait
+}
 criterion_main!(benches);

@@ -7,7 +7,10 @@
 //! cargo run --release --example loadgen -- --in-flight 1000 --duration 5s
 //! cargo run --release --example loadgen -- --in-flight 1000 --compression snappy --delay 1ms
 //! cargo run --release --example loadgen -- --addr 10.0.0.7:7000 --response-size 261 --calls 1000000
+//! cargo run --release --example loadgen -- --serve 0.0.0.0:7000   # the server half of the above
 //! ```
+//!
+//! `BENCHMARKING.md` explains every row of the table and how to get figures worth quoting.
 //!
 //! Every caller thread keeps `--in-flight` calls outstanding (a window of `call_async`s;
 //! blocking `call` when it is 1), replacing each completed call with a new one. A call's
@@ -22,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use batchrpc::{Client, Compression, Error, RequestCtx, Server, Stats};
+use batchrpc::{Client, Compression, Error, RequestCtx, Response, Server, Stats};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 
@@ -246,7 +249,8 @@ impl Expect {
     }
 }
 
-/// Per-thread counters the progress line reads. Cache-line sized so threads do not share.
+/// Per-thread counters the progress line reads, 128-byte aligned so that threads do not
+/// share cache lines.
 #[repr(align(128))]
 #[derive(Default)]
 struct Progress {
@@ -312,7 +316,7 @@ impl Caller<'_> {
     }
 
     /// Records one completed (or failed) call submitted at `submitted`.
-    fn complete(&mut self, outcome: Result<&[u8], Error>, submitted: Instant, now: Instant) {
+    fn complete(&mut self, outcome: &Result<Response, Error>, submitted: Instant, now: Instant) {
         let measured = submitted >= self.measure_from;
         let kind = match outcome {
             Ok(resp) if self.expect.check(resp) => {
@@ -327,7 +331,7 @@ impl Caller<'_> {
                 None
             }
             Ok(_) => Some(MISMATCH),
-            Err(e) => Some(kind_of(&e)),
+            Err(e) => Some(kind_of(e)),
         };
         if let Some(k) = kind {
             if measured {
@@ -348,7 +352,7 @@ impl Caller<'_> {
     fn refused(&mut self, e: Error, at: Instant) {
         let overflow = matches!(e, Error::Overflow);
         self.note_submitted(at);
-        self.complete(Err(e), at, at);
+        self.complete(&Err(e), at, at);
         if overflow {
             // Timed-out calls still hold their slots; give the reactor a moment.
             std::thread::sleep(Duration::from_micros(100));
@@ -363,7 +367,7 @@ impl Caller<'_> {
             let (request, timeout) = (self.request, self.timeout);
             let result = self.client().call_timeout(request, timeout);
             now = Instant::now();
-            self.complete(result.as_deref().map_err(Clone::clone), submitted, now);
+            self.complete(&result, submitted, now);
         }
         self.out
     }
@@ -397,7 +401,7 @@ impl Caller<'_> {
             };
             let result = pending.wait();
             now = Instant::now();
-            self.complete(result.as_deref().map_err(Clone::clone), submitted, now);
+            self.complete(&result, submitted, now);
         }
         self.out
     }

@@ -127,6 +127,8 @@ mod error;
 mod reactor;
 mod server;
 pub mod stats;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod transport;
 pub mod typed;
 pub mod wire;

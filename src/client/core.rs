@@ -321,10 +321,8 @@ impl Service for ClientCore {
             unreachable!("server connection given to a client");
         };
         if let Some(hook) = &self.cfg.on_connect {
-            let info = ConnInfo {
-                peer: ep.peer.clone(),
-                conn_id: ep.id,
-            };
+            let mut info = ConnInfo::new(ep.peer.clone(), ep.id);
+            info.learn_handshake(&ep.conn);
             hook(&info).map_err(Error::Refused)?;
         }
         let link = &mut self.links[slot];

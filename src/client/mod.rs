@@ -139,6 +139,7 @@ impl ClientShared {
 /// | [`max_frame_len`](Self::max_frame_len) | 64 MiB |
 /// | [`handshake_timeout`](Self::handshake_timeout) | 3 s (also bounds `connect()`'s dial) |
 /// | [`reconnect_backoff`](Self::reconnect_backoff) | 20 ms doubling up to 2 s, ±25% jitter |
+/// | [`tls`](Self::tls) | none: plaintext (cargo feature `tls`) |
 #[must_use]
 pub struct ClientBuilder {
     addr: io::Result<Address>,
@@ -150,6 +151,8 @@ pub struct ClientBuilder {
     dialer: Option<Arc<Dialer>>,
     on_connect: Option<Arc<OnConnect>>,
     name: String,
+    #[cfg(feature = "tls")]
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -209,9 +212,34 @@ impl ClientBuilder {
         self
     }
 
-    /// Time a connection has to complete its handshake.
+    /// Time a connection has to complete its handshake: the hello exchange and, with TLS, the
+    /// whole TLS handshake.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.conn.handshake_timeout = timeout;
+        self
+    }
+
+    /// Connects with TLS (rustls), verifying that the server's certificate is valid for
+    /// `server_name` (a DNS name or an IP address). Every connection of the client asks for
+    /// TLS in its hello and fails if the server does not offer it.
+    ///
+    /// Build the config yourself, or from PEM files with [`crate::tls::client_config_from_pem`]
+    /// (which also loads a client certificate for mutual TLS). The crypto provider is the
+    /// application's choice; this crate enables none.
+    ///
+    /// `connect()` reports why a TLS connection failed: [`Error::Protocol`] holding
+    /// [`crate::wire::handshake::HandshakeError::TlsNotOffered`] against a plaintext server,
+    /// or [`crate::wire::ProtocolError::Tls`] for a certificate this side refused (wrong name,
+    /// unknown CA, expired) or for the server's refusal of this side (for example, no or a
+    /// wrong client certificate on a mutual-TLS server). An invalid `server_name` fails
+    /// `connect()` with [`Error::Config`].
+    ///
+    /// Compression inside TLS: compressing secrets together with data an attacker controls in
+    /// one stream leaks the secrets through the compressed size (CRIME, BREACH). Leave
+    /// compression off on connections that carry both.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: Arc<rustls::ClientConfig>, server_name: &str) -> Self {
+        self.tls = Some((config, server_name.to_owned()));
         self
     }
 
@@ -276,9 +304,21 @@ impl ClientBuilder {
                 return Err(Error::Config(format!("compression {c} is not compiled in")));
             }
         }
+        #[cfg(feature = "tls")]
+        let mut conn_cfg = self.conn;
+        #[cfg(not(feature = "tls"))]
+        let conn_cfg = self.conn;
+        #[cfg(feature = "tls")]
+        if let Some((config, name)) = self.tls {
+            let name = rustls::pki_types::ServerName::try_from(name.as_str())
+                .map_err(|e| Error::Config(format!("invalid TLS server name {name:?}: {e}")))?
+                .to_owned();
+            conn_cfg.tls = crate::wire::handshake::TlsPolicy::Required;
+            conn_cfg.tls_client = Some((config, name));
+        }
         let cfg = Arc::new(ClientConfig {
             addr: addr.clone(),
-            conn: self.conn,
+            conn: conn_cfg,
             backoff_min: self.backoff.0,
             backoff_max: self.backoff.1,
             dialer: self.dialer,
@@ -410,6 +450,8 @@ impl Client {
             dialer: None,
             on_connect: None,
             name: "batchrpc-client".into(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 

@@ -279,10 +279,7 @@ impl Service for ServerCore {
             return; // dropping the stream closes it
         }
         let _ = stream.set_nodelay();
-        let info = Arc::new(ConnInfo {
-            peer: stream.peer_addr(),
-            conn_id: core.next_conn_id(),
-        });
+        let info = Arc::new(ConnInfo::new(stream.peer_addr(), core.next_conn_id()));
         if let Some(hook) = &self.cfg.on_connect {
             if hook(&info).is_err() {
                 self.shared.stats.inc(C::accept_errors);
@@ -304,6 +301,17 @@ impl Service for ServerCore {
             }
             Err(_) => self.shared.stats.inc(C::accept_errors),
         }
+    }
+
+    fn on_open(&mut self, _token: usize, ep: &mut ConnEp) -> Result<(), Error> {
+        // The handshake is done: record the client's TLS identity for the handlers. No job
+        // holds the info yet (frames come after this).
+        if let ConnRole::Server(sc) = &mut ep.role {
+            if let Some(info) = Arc::get_mut(&mut sc.info) {
+                info.learn_handshake(&ep.conn);
+            }
+        }
+        Ok(())
     }
 
     fn on_frames(
@@ -390,7 +398,7 @@ impl Service for ServerCore {
             }
         }
         if let Some(Error::Protocol(_)) = cause {
-            if ep.conn.peer_hello().is_none() {
+            if !ep.conn.handshake_complete() {
                 self.shared.stats.inc(C::accept_errors);
             }
         }

@@ -30,9 +30,44 @@ type OnConnect = dyn Fn(&ConnInfo) -> std::result::Result<(), String> + Send + S
 pub struct ConnInfo {
     pub(crate) peer: Address,
     pub(crate) conn_id: u64,
+    /// The certificate chain the peer presented in the TLS handshake.
+    #[cfg(feature = "tls")]
+    pub(crate) peer_certificates: Option<Arc<[rustls::pki_types::CertificateDer<'static>]>>,
 }
 
 impl ConnInfo {
+    pub(crate) fn new(peer: Address, conn_id: u64) -> ConnInfo {
+        ConnInfo {
+            peer,
+            conn_id,
+            #[cfg(feature = "tls")]
+            peer_certificates: None,
+        }
+    }
+
+    /// Records what the completed handshake of `conn` says about the peer (its TLS
+    /// certificates).
+    pub(crate) fn learn_handshake(&mut self, conn: &crate::wire::conn::Conn) {
+        #[cfg(feature = "tls")]
+        {
+            self.peer_certificates = conn
+                .tls_session()
+                .and_then(|s| s.peer_certificates())
+                .map(Arc::from);
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = conn;
+    }
+
+    /// The certificate chain the peer presented during the TLS handshake, end-entity first:
+    /// the client's certificate on a mutual-TLS server (verified against the client CA), the
+    /// server's certificate on a client. `None` without TLS, before the handshake completed
+    /// (a server's `on_connect` hook runs before it), or when the peer presented none.
+    #[cfg(feature = "tls")]
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.peer_certificates.as_deref()
+    }
+
     /// The peer's address.
     pub fn peer_addr(&self) -> &Address {
         &self.peer
@@ -64,6 +99,13 @@ impl RequestCtx {
     /// The connection's id, unique within its reactor.
     pub fn conn_id(&self) -> u64 {
         self.info.conn_id
+    }
+
+    /// The certificate chain the client presented (mutual TLS), end-entity first; see
+    /// [`ConnInfo::peer_certificates`].
+    #[cfg(feature = "tls")]
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.info.peer_certificates()
     }
 }
 
@@ -114,6 +156,8 @@ impl ServerShared {
 /// | [`max_queued_requests`](Self::max_queued_requests) | 10 000 |
 /// | [`max_frame_len`](Self::max_frame_len) | 64 MiB |
 /// | [`handshake_timeout`](Self::handshake_timeout) | 3 s |
+/// | [`tls`](Self::tls) | none: plaintext (cargo feature `tls`) |
+/// | [`tls_required`](Self::tls_required) | `true`: with TLS configured, plaintext clients are refused |
 #[must_use]
 pub struct ServerBuilder {
     workers: usize,
@@ -126,6 +170,8 @@ pub struct ServerBuilder {
     extra: Vec<Address>,
     custom: Vec<Box<dyn CustomListener>>,
     name: String,
+    #[cfg(feature = "tls")]
+    tls_required: bool,
 }
 
 impl fmt::Debug for ServerBuilder {
@@ -153,6 +199,8 @@ impl Default for ServerBuilder {
             extra: Vec::new(),
             custom: Vec::new(),
             name: "batchrpc-server".into(),
+            #[cfg(feature = "tls")]
+            tls_required: true,
         }
     }
 }
@@ -226,9 +274,40 @@ impl ServerBuilder {
         self
     }
 
-    /// Time a new connection has to complete its handshake.
+    /// Time a new connection has to complete its handshake: the hello exchange and, with TLS,
+    /// the whole TLS handshake. A peer that has not finished by then is closed (and counted
+    /// in `accept_errors`).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.conn.handshake_timeout = timeout;
+        self
+    }
+
+    /// Serves TLS (rustls), on the same reactor thread: after the plaintext hello, a TLS
+    /// handshake, then the (compressed, if so configured) stream of frames inside TLS.
+    ///
+    /// Build the config yourself, or from PEM files with [`crate::tls::server_config_from_pem`]
+    /// (which also sets up mutual TLS). The crypto provider is the application's choice
+    /// (ring, aws-lc-rs, ...); this crate enables none.
+    ///
+    /// By default every client must then use TLS ([`tls_required`](Self::tls_required)): a
+    /// plaintext client is refused with [`crate::wire::handshake::HandshakeError::TlsRequired`],
+    /// which it learns from the server's hello before the connection closes.
+    ///
+    /// Compression inside TLS: compressing secrets together with data an attacker controls in
+    /// one stream leaks the secrets through the compressed size (CRIME, BREACH). Leave
+    /// compression off on connections that carry both.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: std::sync::Arc<rustls::ServerConfig>) -> Self {
+        self.conn.tls_server = Some(config);
+        self
+    }
+
+    /// With [`tls`](Self::tls) configured: `true` (the default) refuses plaintext clients,
+    /// `false` lets each client choose (TLS when its hello asks for it, plaintext otherwise).
+    /// Without a TLS config the server is plaintext only, whatever this says.
+    #[cfg(feature = "tls")]
+    pub fn tls_required(mut self, required: bool) -> Self {
+        self.tls_required = required;
         self
     }
 
@@ -280,6 +359,15 @@ impl ServerBuilder {
             if !c.is_available() {
                 return Err(Error::Config(format!("compression {c} is not compiled in")));
             }
+        }
+        #[cfg(feature = "tls")]
+        {
+            use crate::wire::handshake::TlsPolicy;
+            self.conn.tls = match (&self.conn.tls_server, self.tls_required) {
+                (None, _) => TlsPolicy::Off,
+                (Some(_), true) => TlsPolicy::Required,
+                (Some(_), false) => TlsPolicy::Optional,
+            };
         }
         let mut addrs = vec![addr.to_address()?];
         addrs.append(&mut self.extra);
