@@ -72,6 +72,10 @@ struct Rig {
 
 impl Rig {
     fn new(shape: &Shape) -> Rig {
+        assert!(
+            !shape.tls || cfg!(feature = "tls"),
+            "TLS rows need the tls feature"
+        );
         let server_delay = if shape.delay > Duration::ZERO {
             Duration::from_micros(100)
         } else {

@@ -120,7 +120,8 @@ fn generated(name: &str, mtls: bool) -> Result<Configs, Box<dyn std::error::Erro
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate()?)?;
     let leaf = |subject: &str| -> Result<(String, String), rcgen::Error> {
         let key = rcgen::KeyPair::generate()?;
-        let cert = rcgen::CertificateParams::new(vec![subject.to_string()])?.signed_by(&key, &ca)?;
+        let cert =
+            rcgen::CertificateParams::new(vec![subject.to_string()])?.signed_by(&key, &ca)?;
         Ok((cert.pem(), key.serialize_pem()))
     };
     let (server_cert, server_key) = leaf(name)?;
@@ -136,7 +137,10 @@ fn generated(name: &str, mtls: bool) -> Result<Configs, Box<dyn std::error::Erro
         let identity = Some((cert.as_bytes(), key.as_bytes()));
         (
             batchrpc::tls::client_config_from_pem_bytes(ca_pem.as_bytes(), identity)?,
-            Some(batchrpc::tls::client_config_from_pem_bytes(ca_pem.as_bytes(), None)?),
+            Some(batchrpc::tls::client_config_from_pem_bytes(
+                ca_pem.as_bytes(),
+                None,
+            )?),
         )
     } else {
         (
@@ -159,8 +163,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("certificates: from PEM files");
         from_files(&args)?
     } else {
-        println!("certificates: generated (a CA, a server certificate for {:?}{})", args.server_name,
-            if args.mtls { ", a client certificate" } else { "" });
+        println!(
+            "certificates: generated (a CA, a server certificate for {:?}{})",
+            args.server_name,
+            if args.mtls {
+                ", a client certificate"
+            } else {
+                ""
+            }
+        );
         generated(&args.server_name, args.mtls)?
     };
     let compression = Compression::from(args.compression);
@@ -188,15 +199,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .tls(configs.client.clone(), &args.server_name)
         .on_connect(|info| {
             let chain = info.peer_certificates().map_or(0, |c| c.len());
-            println!("client connected to {}: the server presented {chain} certificate(s)", info.peer_addr());
+            println!(
+                "client connected to {}: the server presented {chain} certificate(s)",
+                info.peer_addr()
+            );
             Ok(())
         })
         .connect()?;
 
     let resp = client.call(b"hello over TLS")?;
-    println!("call(hello over TLS)   -> {}", String::from_utf8_lossy(&resp));
+    println!(
+        "call(hello over TLS)   -> {}",
+        String::from_utf8_lossy(&resp)
+    );
     let resp = client.call(b"who am I?")?;
-    println!("call(who am I?)        -> {}", String::from_utf8_lossy(&resp));
+    println!(
+        "call(who am I?)        -> {}",
+        String::from_utf8_lossy(&resp)
+    );
 
     let started = Instant::now();
     let window: Vec<_> = (0..1000)

@@ -194,8 +194,7 @@ fn config_error(what: &str, e: impl std::fmt::Display) -> Error {
 
 /// A file's bytes.
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))
 }
 
 fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>> {

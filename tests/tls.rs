@@ -33,7 +33,7 @@ fn compressions() -> impl Iterator<Item = Compression> {
 
 // ----- certificates ----------------------------------------------------------------------------
 
-/// PEM files, written once per test run into a directory of their own.
+/// PEM files, written once per test run into a directory of their own (under `target/`).
 struct Pki {
     dir: PathBuf,
 }
@@ -80,13 +80,9 @@ fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let dir = std::env::temp_dir().join(format!(
-            "batchrpc-tls-test-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
+        // Cargo's scratch directory for integration tests, inside `target/`.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("tls-pki-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
         let ca = new_ca("batchrpc test CA");
@@ -125,7 +121,10 @@ fn server_tls(cert: &str, client_ca: Option<&str>) -> Arc<rustls::ServerConfig> 
 fn client_tls(ca: &str, client: Option<&str>) -> Arc<rustls::ClientConfig> {
     let pki = pki();
     let (chain, key) = match client {
-        Some(c) => (pki.path(&format!("{c}.pem")), pki.path(&format!("{c}-key.pem"))),
+        Some(c) => (
+            pki.path(&format!("{c}.pem")),
+            pki.path(&format!("{c}-key.pem")),
+        ),
         None => (PathBuf::new(), PathBuf::new()),
     };
     let identity = client.map(|_| (chain.as_path(), key.as_path()));
@@ -234,7 +233,10 @@ fn connect_fails(builder: ClientBuilder) -> Error {
     let started = Instant::now();
     let err = builder.connect().expect_err("the connection must fail");
     let took = started.elapsed();
-    assert!(took < HANDSHAKE, "failed after {took:?}, not within {HANDSHAKE:?}: {err}");
+    assert!(
+        took < HANDSHAKE,
+        "failed after {took:?}, not within {HANDSHAKE:?}: {err}"
+    );
     err
 }
 
@@ -265,7 +267,11 @@ fn calls_over_tls_in_every_compression_pair() {
                     .unwrap();
                 assert_eq!(&*client.call(b"foobar").unwrap(), b"foobar");
                 assert_eq!(&*client.call(&big).unwrap(), &big[..], "{cc} -> {sc}");
-                assert_eq!(&*client.call(b"whoami").unwrap(), b"0", "no client certificate");
+                assert_eq!(
+                    &*client.call(b"whoami").unwrap(),
+                    b"0",
+                    "no client certificate"
+                );
                 client.send(b"fire and forget").unwrap();
                 // Many calls in flight, from several threads: batches inside TLS records.
                 std::thread::scope(|s| {
@@ -380,7 +386,10 @@ fn client_refuses_the_server_certificate(cert: &str, ca: &str, kind: TlsErrorKin
         let e = tls_error(&err, kind);
         assert!(err.to_string().contains(text), "{c}: {err}");
         assert!(!e.detail().is_empty());
-        assert!(err.to_string().starts_with("protocol error: tls: "), "{err}");
+        assert!(
+            err.to_string().starts_with("protocol error: tls: "),
+            "{err}"
+        );
         wait_server_failures(&server, 1);
         neighbour.finish();
     }
@@ -413,12 +422,7 @@ fn a_certificate_from_an_unknown_ca_is_refused() {
 #[test]
 fn an_expired_certificate_is_refused() {
     run(|| {
-        client_refuses_the_server_certificate(
-            "expired",
-            "ca.pem",
-            TlsErrorKind::Expired,
-            "expired",
-        )
+        client_refuses_the_server_certificate("expired", "ca.pem", TlsErrorKind::Expired, "expired")
     });
 }
 
@@ -519,7 +523,8 @@ fn mutual_tls_refuses_a_client_certificate_from_another_ca() {
                     .unwrap(),
             );
             let err = connect_fails(
-                client_builder(&server, c).tls(client_tls("ca.pem", Some("other-client")), "localhost"),
+                client_builder(&server, c)
+                    .tls(client_tls("ca.pem", Some("other-client")), "localhost"),
             );
             let e = tls_error(&err, TlsErrorKind::Refused);
             assert!(e.detail().contains("UnknownCA"), "{e}");
@@ -546,7 +551,10 @@ fn a_peer_that_stalls_in_the_tls_handshake_times_out_on_both_ends() {
         raw.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let mut answer = [0u8; 11];
         raw.read_exact(&mut answer).unwrap();
-        assert_eq!(&answer, b"BRPC\x01\x00\x01\x00\x00\x00\x04", "the server agrees to TLS");
+        assert_eq!(
+            &answer, b"BRPC\x01\x00\x01\x00\x00\x00\x04",
+            "the server agrees to TLS"
+        );
         let started = Instant::now();
         let mut rest = [0u8; 16];
         assert!(matches!(raw.read(&mut rest), Ok(0) | Err(_)), "then closes");
@@ -572,7 +580,10 @@ fn a_peer_that_stalls_in_the_tls_handshake_times_out_on_both_ends() {
             .connect()
             .expect_err("the TLS handshake never completes");
         let took = started.elapsed();
-        assert!(took >= timeout && took < timeout + Duration::from_secs(1), "{took:?}");
+        assert!(
+            took >= timeout && took < timeout + Duration::from_secs(1),
+            "{took:?}"
+        );
         assert!(
             matches!(
                 err,

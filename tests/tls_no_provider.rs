@@ -18,7 +18,10 @@ fn without_a_crypto_provider_the_helpers_say_how_to_install_one() {
     for outcome in outcomes {
         match outcome {
             Err(Error::Config(text)) => {
-                assert!(text.contains("no rustls CryptoProvider installed"), "{text}");
+                assert!(
+                    text.contains("no rustls CryptoProvider installed"),
+                    "{text}"
+                );
                 assert!(text.contains("install_default()"), "{text}");
             }
             other => panic!("expected a Config error, got {other:?}"),

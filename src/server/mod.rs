@@ -117,6 +117,8 @@ pub(crate) struct ServerConfig {
     pub max_connections: usize,
     pub max_queued_requests: usize,
     pub max_jobs: usize,
+    /// Jobs estimated to take at most this long run inline (0: never).
+    pub inline_budget_ns: u64,
     pub on_connect: Option<Arc<OnConnect>>,
 }
 
@@ -152,6 +154,7 @@ impl ServerShared {
 /// | [`max_batch_delay`](Self::max_batch_delay) | zero: flush at the end of each reactor turn |
 /// | [`compression`](Self::compression) | [`Compression::None`] |
 /// | [`pipeline`](Self::pipeline) | `false` |
+/// | [`inline_budget`](Self::inline_budget) | 20 µs |
 /// | [`max_connections`](Self::max_connections) | 10 000 |
 /// | [`max_queued_requests`](Self::max_queued_requests) | 10 000 |
 /// | [`max_frame_len`](Self::max_frame_len) | 64 MiB |
@@ -166,6 +169,7 @@ pub struct ServerBuilder {
     handler: Option<Arc<HandlerFn>>,
     max_connections: usize,
     max_queued_requests: usize,
+    inline_budget: Duration,
     on_connect: Option<Arc<OnConnect>>,
     extra: Vec<Address>,
     custom: Vec<Box<dyn CustomListener>>,
@@ -195,6 +199,7 @@ impl Default for ServerBuilder {
             handler: None,
             max_connections: 10_000,
             max_queued_requests: 10_000,
+            inline_budget: Duration::from_micros(20),
             on_connect: None,
             extra: Vec::new(),
             custom: Vec::new(),
@@ -250,6 +255,17 @@ impl ServerBuilder {
             + 'static,
     {
         self.handler = Some(Arc::new(handler));
+        self
+    }
+
+    /// Handlers measured to be cheap run inline on the reactor thread, up to `budget` of
+    /// estimated work per reactor turn (a job's requests times the mean handler time, measured
+    /// as jobs run): below that, handing the work to a worker and back, two thread wake-ups,
+    /// costs more than the work itself; above it, the workers share the load. The first jobs
+    /// always go to the workers, and a handler that turns slow stops being run inline as its
+    /// mean rises. `Duration::ZERO` runs every handler on the workers. Default: 20 µs.
+    pub fn inline_budget(mut self, budget: Duration) -> Self {
+        self.inline_budget = budget;
         self
     }
 
@@ -406,6 +422,7 @@ impl ServerBuilder {
             max_connections: self.max_connections,
             max_queued_requests: self.max_queued_requests,
             max_jobs,
+            inline_budget_ns: self.inline_budget.as_nanos().min(u128::from(u64::MAX)) as u64,
             on_connect: self.on_connect,
         });
         let shared2 = shared.clone();

@@ -10,9 +10,10 @@
 //! park; the reactor wakes only as many sleeping workers as it has pushed jobs.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{JoinHandle, Thread};
+use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
 
@@ -136,6 +137,9 @@ struct Worker {
 
 /// Queues between one reactor and its workers.
 pub(crate) struct Pool {
+    /// Mean handler time per request, in nanoseconds (a moving average over jobs); `u64::MAX`
+    /// until the first job is measured.
+    cost_ns: AtomicU64,
     jobs: ArrayQueue<Job>,
     done: ArrayQueue<Job>,
     workers: Box<[Worker]>,
@@ -153,6 +157,7 @@ impl Pool {
         name: &str,
     ) -> std::io::Result<(Arc<Pool>, Vec<JoinHandle<()>>)> {
         let pool = Arc::new(Pool {
+            cost_ns: AtomicU64::new(u64::MAX),
             jobs: ArrayQueue::new(max_jobs),
             done: ArrayQueue::new(max_jobs),
             workers: (0..n)
@@ -191,7 +196,7 @@ impl Pool {
         let mut scratch = Vec::new();
         loop {
             if let Some(mut job) = self.jobs.pop() {
-                job.run(handler, &mut scratch);
+                self.run_timed(&mut job, handler, &mut scratch);
                 // The reactor keeps at most `max_jobs` jobs out, so there is always room; were
                 // there not, waiting beats losing the answers.
                 let mut finished = job;
@@ -219,6 +224,24 @@ impl Pool {
                 std::thread::park();
             }
         }
+    }
+
+    /// Runs a job and folds its cost into the moving average.
+    pub fn run_timed(&self, job: &mut Job, handler: &HandlerFn, scratch: &mut Vec<u8>) {
+        let started = Instant::now();
+        job.run(handler, scratch);
+        let per_request = started.elapsed().as_nanos() as u64 / u64::from(job.nreq.max(1));
+        // Racing updates from several workers may lose a sample: harmless for an average.
+        let avg = match self.cost_ns.load(Ordering::Relaxed) {
+            u64::MAX => per_request,
+            avg => avg - avg / 8 + per_request / 8,
+        };
+        self.cost_ns.store(avg, Ordering::Relaxed);
+    }
+
+    /// The mean handler time per request, once measured.
+    pub fn cost_per_request(&self) -> Option<u64> {
+        Some(self.cost_ns.load(Ordering::Relaxed)).filter(|&c| c != u64::MAX)
     }
 
     fn spin_for_work(&self) -> bool {

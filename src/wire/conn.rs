@@ -2317,7 +2317,10 @@ mod tests {
                 let (kind, version) = (bytes[0], u16::from_be_bytes([bytes[1], bytes[2]]));
                 let len = u16::from_be_bytes([bytes[3], bytes[4]]) as usize;
                 // TLS 1.2's version, or 1.0's in the first ClientHello for compatibility.
-                assert!(matches!(version, 0x0301 | 0x0303), "record version {version:#x}");
+                assert!(
+                    matches!(version, 0x0301 | 0x0303),
+                    "record version {version:#x}"
+                );
                 assert!(bytes.len() >= 5 + len, "a record cut short");
                 out.push((kind, len));
                 bytes = &bytes[5 + len..];

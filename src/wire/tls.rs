@@ -65,7 +65,9 @@ pub enum TlsErrorKind {
 impl TlsErrorKind {
     fn describe(self) -> &'static str {
         match self {
-            TlsErrorKind::NotValidForName => "the peer's certificate is not valid for its name",
+            TlsErrorKind::NotValidForName => {
+                "the peer's certificate is not valid for the expected name"
+            }
             TlsErrorKind::UnknownIssuer => {
                 "the peer's certificate is not signed by a trusted CA (unknown issuer)"
             }
