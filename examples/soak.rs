@@ -45,6 +45,8 @@ pub struct SoakConfig {
     pub seed: u64,
     pub clients: usize,
     pub callers_per_client: usize,
+    /// Largest request body; 70% of calls are under 1 KiB, 25% under an eighth of this.
+    pub max_payload: usize,
     /// Print a progress line every few seconds.
     pub progress: bool,
 }
@@ -56,6 +58,7 @@ impl Default for SoakConfig {
             seed: 1,
             clients: 4,
             callers_per_client: 3,
+            max_payload: 512 << 10,
             progress: true,
         }
     }
@@ -379,12 +382,13 @@ impl ServerSlot {
 struct Pools {
     random: Vec<u8>,
     text: Vec<u8>,
+    max_payload: usize,
 }
 
 const POOL: usize = 1 << 20;
 
 impl Pools {
-    fn new(seed: u64) -> Pools {
+    fn new(seed: u64, max_payload: usize) -> Pools {
         let mut rng = XorShift::new(seed);
         let mut random = vec![0u8; POOL];
         rng.fill(&mut random);
@@ -394,15 +398,20 @@ impl Pools {
             .cycle()
             .take(POOL)
             .collect();
-        Pools { random, text }
+        Pools {
+            random,
+            text,
+            max_payload: max_payload.clamp(1024, POOL),
+        }
     }
 
     /// Writes a request for call `id` with operation `op` into `out`.
     fn request(&self, rng: &mut XorShift, id: u64, op: u8, out: &mut Vec<u8>) {
+        let max = self.max_payload as u64;
         let len = match rng.below(100) {
             0..=69 => rng.below(1024),
-            70..=94 => rng.range(1024, 64 << 10),
-            _ => rng.range(64 << 10, 512 << 10),
+            70..=94 => rng.range(1024, (max / 8).max(1024)),
+            _ => rng.range(max / 8, max),
         } as usize;
         let pool = if rng.chance(1, 2) {
             &self.random
@@ -750,8 +759,9 @@ pub fn run_soak(cfg: &SoakConfig) -> SoakReport {
     let started = Instant::now();
     let mut rng = XorShift::new(cfg.seed);
     let ncallers = cfg.clients * cfg.callers_per_client;
+    // One tally per caller thread, and one for the final calls.
     let books = Arc::new(Books {
-        tallies: (0..ncallers).map(|_| Tally::default()).collect(),
+        tallies: (0..=ncallers).map(|_| Tally::default()).collect(),
         executed_twice: AtomicU64::new(0),
         anomalies: Mutex::new(Vec::new()),
     });
@@ -762,7 +772,7 @@ pub fn run_soak(cfg: &SoakConfig) -> SoakReport {
     });
     let upstream = slot.start(random_compression(&mut rng));
     let proxy = Arc::new(Proxy::start(upstream, cfg.seed));
-    let pools = Arc::new(Pools::new(cfg.seed));
+    let pools = Arc::new(Pools::new(cfg.seed, cfg.max_payload));
     let request_timeout = Duration::from_secs(3);
 
     let clients: Vec<Client> = (0..cfg.clients)
@@ -876,14 +886,18 @@ pub fn run_soak(cfg: &SoakConfig) -> SoakReport {
     // The service recovers once the faults stop: every client gets answers again.
     let mut final_ok = 0;
     let mut final_made = 0;
+    let mut req = Vec::new();
     for (i, client) in clients.iter().enumerate() {
-        for n in 0..20u64 {
+        for _ in 0..20u64 {
+            let id = call_id(ncallers, final_made);
             final_made += 1;
-            let req = format!("final {i} {n}");
-            match client.call(req.as_bytes()) {
-                Ok(resp) if is_reverse_of(&resp, req.as_bytes()) => final_ok += 1,
+            pools.request(&mut rng, id, OP_ECHO, &mut req);
+            match client.call(&req) {
+                Ok(resp) if is_reverse_of(&resp, &req) => final_ok += 1,
                 other => report.anomalies.push(format!(
-                    "client {i}: after the faults, {req:?} -> {other:?}"
+                    "client {i}: after the faults, a {} B call got {:?}",
+                    req.len(),
+                    other.map(|r| r.len())
                 )),
             }
         }
@@ -896,8 +910,7 @@ pub fn run_soak(cfg: &SoakConfig) -> SoakReport {
     while clients.iter().any(|c| c.pending_requests() > 0) && Instant::now() < settle_by {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let made: u64 = books
-        .tallies
+    let made: u64 = books.tallies[..ncallers]
         .iter()
         .map(|t| t.made.load(Ordering::SeqCst))
         .sum();
@@ -927,15 +940,29 @@ pub fn run_soak(cfg: &SoakConfig) -> SoakReport {
             ));
         }
     } else {
-        let pending: Vec<usize> = clients.iter().map(Client::pending_requests).collect();
+        let pending: Vec<(usize, u64)> = clients
+            .iter()
+            .map(|c| (c.pending_requests(), c.stats().open_connections))
+            .collect();
         report.anomalies.push(format!(
-            "calls still pending in the clients after the run: {pending:?}"
+            "calls still pending in the clients after the run (pending, open connections): \
+             {pending:?}"
         ));
+        if std::env::var_os("SOAK_DEBUG").is_some() {
+            for _ in 0..30 {
+                std::thread::sleep(Duration::from_secs(1));
+                let p: Vec<_> = clients
+                    .iter()
+                    .map(|c| (c.pending_requests(), c.stats()))
+                    .collect();
+                eprintln!("{p:?}");
+            }
+        }
     }
 
     // Lost: made, never completed.
     report.made = made;
-    for t in &books.tallies {
+    for t in &books.tallies[..ncallers] {
         let made = t.made.load(Ordering::SeqCst);
         let done = t.completed.lock().unwrap();
         report.lost += (0..made).filter(|&s| !done.get(s)).count() as u64;

@@ -10,7 +10,7 @@ use crate::wire::ProtocolError;
 ///
 /// Errors split by blast radius:
 /// - one call: [`Error::Timeout`], [`Error::Overflow`], [`Error::Server`], [`Error::Canceled`],
-///   [`Error::TooLarge`];
+///   [`Error::TooLarge`], [`Error::Encode`], [`Error::Decode`];
 /// - one connection (the calls it carried fail with [`Error::ConnectionLost`] holding one of
 ///   these as the cause): [`Error::Io`], [`Error::Protocol`], [`Error::Connect`],
 ///   [`Error::Refused`];
@@ -56,6 +56,12 @@ pub enum Error {
     },
     /// The builder's settings are inconsistent; what is wrong.
     Config(String),
+    /// A value could not be encoded on this side (typed calls: the arguments); the call was
+    /// not sent.
+    Encode(String),
+    /// A response could not be decoded on this side (typed calls: the result as the type
+    /// asked for).
+    Decode(String),
 }
 
 impl Error {
@@ -93,6 +99,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::Config(what) => write!(f, "invalid configuration: {what}"),
+            Error::Encode(what) | Error::Decode(what) => f.write_str(what),
         }
     }
 }

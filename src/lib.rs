@@ -67,33 +67,38 @@
 //! context, so repeated content across calls compresses well. Decompression is bounded: a
 //! peer cannot make a connection hold more than one maximum-size frame of decompressed data.
 //!
-//! # TLS
-//!
-//! With the `tls` cargo feature (on by default), [`ServerBuilder::tls`] and
-//! [`ClientBuilder::tls`] take rustls configurations; [`tls`] builds them from PEM files
-//! (certificate chain, private key, CA roots, client certificates for mutual TLS). rustls runs
-//! sans-IO inside each connection, on the same reactor thread: after the plaintext hello, which
-//! says that TLS is wanted, comes the TLS handshake, then the (compressed, if so configured)
-//! stream of frames. Batching holds: one flush becomes as few TLS records as the 16 KiB record
-//! limit allows, in one `write()`. The crypto provider is the application's choice: install
-//! one as the process default (for example rustls's `ring` feature and
-//! `rustls::crypto::ring::default_provider().install_default()`).
-//!
-//! A TLS server refuses plaintext clients unless [`ServerBuilder::tls_required`] is `false`.
-//! Every mismatch fails that connection alone, within the handshake timeout, and
-//! `connect()` says why: [`wire::handshake::HandshakeError::TlsRequired`] or
-//! [`TlsNotOffered`](wire::handshake::HandshakeError::TlsNotOffered) when one side wants TLS
-//! and the other does not, [`wire::ProtocolError::Tls`] (see [`tls::TlsErrorKind`]) for a
-//! certificate for another name, from an unknown CA, expired, or a client certificate missing
-//! or refused by a mutual-TLS server. Handlers see the client's certificate through
-//! [`RequestCtx::peer_certificates`].
-//!
-//! **Compression and secrets.** Compressing secrets together with data an attacker controls
-//! in one TLS stream leaks the secrets through the compressed length (the CRIME and BREACH
-//! attacks). Turn compression off on connections that carry both.
-//!
-//! `examples/tls.rs` runs a server and a client with generated certificates, or with PEM files.
-//!
+#![cfg_attr(
+    feature = "tls",
+    doc = r#"
+# TLS
+
+With the `tls` cargo feature (on by default), [`ServerBuilder::tls`] and
+[`ClientBuilder::tls`] take rustls configurations; [`tls`] builds them from PEM files
+(certificate chain, private key, CA roots, client certificates for mutual TLS). rustls runs
+sans-IO inside each connection, on the same reactor thread: after the plaintext hello, which
+says that TLS is wanted, comes the TLS handshake, then the (compressed, if so configured)
+stream of frames. Batching holds: one flush becomes as few TLS records as the 16 KiB record
+limit allows, in one `write()`. The crypto provider is the application's choice: install
+one as the process default (for example rustls's `ring` feature and
+`rustls::crypto::ring::default_provider().install_default()`).
+
+A TLS server refuses plaintext clients unless [`ServerBuilder::tls_required`] is `false`.
+Every mismatch fails that connection alone, within the handshake timeout, and
+`connect()` says why: [`wire::handshake::HandshakeError::TlsRequired`] or
+[`TlsNotOffered`](wire::handshake::HandshakeError::TlsNotOffered) when one side wants TLS
+and the other does not, [`wire::ProtocolError::Tls`] (see [`tls::TlsErrorKind`]) for a
+certificate for another name, from an unknown CA, expired, or a client certificate missing
+or refused by a mutual-TLS server. Handlers see the client's certificate through
+[`RequestCtx::peer_certificates`].
+
+**Compression and secrets.** Compressing secrets together with data an attacker controls
+in one TLS stream leaks the secrets through the compressed length (the CRIME and BREACH
+attacks). Turn compression off on connections that carry both.
+
+`examples/tls.rs` runs a server and a client with generated certificates, or with PEM files.
+
+"#
+)]
 //! # Limits
 //!
 //! Everything is bounded: pending calls per client (`max_pending_requests`, then

@@ -69,6 +69,8 @@ pub struct ErrorCounts {
     pub protocol: u64,
     /// [`crate::Error::TooLarge`].
     pub too_large: u64,
+    /// [`crate::Error::Encode`] and [`crate::Error::Decode`].
+    pub codec: u64,
     /// Responses that matched no pending call (late after a timeout, or unknown), discarded.
     pub stale_responses: u64,
 }
@@ -101,6 +103,26 @@ macro_rules! counters {
                 s
             }
         }
+
+        impl Stats {
+            /// What happened between `earlier` (a snapshot taken before) and this snapshot:
+            /// counters are subtracted; the gauges (`open_connections`, `buffered_bytes`)
+            /// keep their current values.
+            ///
+            /// ```
+            /// # use batchrpc::Stats;
+            /// let (before, after) = (Stats::default(), Stats::default());
+            /// let during = after.since(&before);
+            /// assert_eq!(during.calls, 0);
+            /// ```
+            pub fn since(&self, earlier: &Stats) -> Stats {
+                let mut s = *self;
+                $( s.$($field).+ = self.$($field).+.wrapping_sub(earlier.$($field).+); )*
+                s.open_connections = self.open_connections;
+                s.buffered_bytes = self.buffered_bytes;
+                s
+            }
+        }
     };
 }
 
@@ -129,6 +151,7 @@ counters! {
     closed => errors.closed;
     protocol => errors.protocol;
     too_large => errors.too_large;
+    codec => errors.codec;
     stale_responses => errors.stale_responses;
 }
 
@@ -183,6 +206,7 @@ impl SharedStats {
             Error::Protocol(_) => C::protocol,
             Error::TooLarge { .. } => C::too_large,
             Error::Canceled | Error::Closed | Error::Config(_) => C::closed,
+            Error::Encode(_) | Error::Decode(_) => C::codec,
         };
         self.inc(c);
     }
@@ -191,6 +215,22 @@ impl SharedStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_subtracts_counters_and_keeps_gauges() {
+        let s = SharedStats::default();
+        s.add(C::calls, 5);
+        s.set(C::open_connections, 2);
+        let before = s.snapshot();
+        s.add(C::calls, 7);
+        s.inc(C::timeout);
+        s.set(C::open_connections, 3);
+        let during = s.snapshot().since(&before);
+        assert_eq!(
+            (during.calls, during.errors.timeout, during.open_connections),
+            (7, 1, 3)
+        );
+    }
 
     #[test]
     fn snapshot_maps_every_counter_to_its_field() {

@@ -59,6 +59,10 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 pub use crate::wire::tls::{TlsError, TlsErrorKind};
 
+/// The rustls crate this build uses, so that configurations built by hand are of the same
+/// version as the one the builders take.
+pub use rustls;
+
 use crate::{Error, Result};
 
 /// A server configuration from PEM files: `cert_chain` (the server's certificate first, then

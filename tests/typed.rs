@@ -10,7 +10,6 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::fmt::{self, Debug};
-use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -203,11 +202,13 @@ fn server_text(outcome: Result<impl Debug, Error>) -> String {
     }
 }
 
-/// The kind and text of an `Error::Io`, or a panic naming what came instead.
-fn io_error(outcome: Result<impl Debug, Error>) -> (io::ErrorKind, String) {
+/// Which local codec error (`"encode"` or `"decode"`) and its text, or a panic naming what
+/// came instead.
+fn io_error(outcome: Result<impl Debug, Error>) -> (&'static str, String) {
     match outcome {
-        Err(Error::Io(e)) => (e.kind(), e.to_string()),
-        other => panic!("expected Error::Io, got {other:?}"),
+        Err(Error::Encode(text)) => ("encode", text),
+        Err(Error::Decode(text)) => ("decode", text),
+        other => panic!("expected Error::Encode or Error::Decode, got {other:?}"),
     }
 }
 
@@ -558,13 +559,13 @@ fn unencodable_results_and_arguments() {
         );
 
         let (kind, text) = io_error(fc.call::<_, String>("echo_string", &Unencodable));
-        assert_eq!(kind, io::ErrorKind::InvalidInput);
+        assert_eq!(kind, "encode");
         assert_eq!(
             text,
             r#"cannot encode arguments of "echo_string": not today"#
         );
         let (kind, text) = io_error(fc.send("echo_string", &Unencodable));
-        assert_eq!(kind, io::ErrorKind::InvalidInput);
+        assert_eq!(kind, "encode");
         assert_eq!(
             text,
             r#"cannot encode arguments of "echo_string": not today"#
@@ -572,14 +573,14 @@ fn unencodable_results_and_arguments() {
 
         // Names the layout cannot carry.
         let (kind, text) = io_error(fc.call::<_, ()>("", &()));
-        assert_eq!(kind, io::ErrorKind::InvalidInput);
+        assert_eq!(kind, "encode");
         assert_eq!(
             text,
             r#"cannot encode arguments of "": the function name is empty"#
         );
         let long = "n".repeat(256);
         let (kind, text) = io_error(fc.call::<_, ()>(&long, &()));
-        assert_eq!(kind, io::ErrorKind::InvalidInput);
+        assert_eq!(kind, "encode");
         assert_eq!(
             text,
             format!(
@@ -600,14 +601,14 @@ fn results_of_the_wrong_type() {
         let (_server, fc) = serve(dispatcher());
         // add returns 5, the single byte 10 (zigzag): a String of 10 bytes that are not there.
         let (kind, text) = io_error(fc.call::<_, String>("add", &(2i64, 3i64)));
-        assert_eq!(kind, io::ErrorKind::InvalidData);
+        assert_eq!(kind, "decode");
         assert_eq!(
             text,
             "cannot decode the result as alloc::string::String: the input is 10 bytes too short"
         );
         // A result with bytes left over: "abc" is [3, a, b, c].
         let (kind, text) = io_error(fc.call::<_, u8>("echo_string", "abc"));
-        assert_eq!(kind, io::ErrorKind::InvalidData);
+        assert_eq!(kind, "decode");
         assert_eq!(
             text,
             "cannot decode the result as u8: 3 bytes left over after the value (the types on \
@@ -874,7 +875,7 @@ fn typed_batches() {
         let missing = batch.add::<_, u32>("nope", &()).unwrap();
         // Fails at once, and takes no place in the batch.
         let (kind, _) = io_error(batch.add::<_, ()>("echo_string", &Unencodable));
-        assert_eq!(kind, io::ErrorKind::InvalidInput);
+        assert_eq!(kind, "encode");
         let who = batch.add::<_, Person>("echo_person", &person(5)).unwrap();
         let sums: Vec<_> = (0..50i64)
             .map(|i| batch.add::<_, i64>("add", &(i, 1i64)).unwrap())

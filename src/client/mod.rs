@@ -139,7 +139,7 @@ impl ClientShared {
 /// | [`max_frame_len`](Self::max_frame_len) | 64 MiB |
 /// | [`handshake_timeout`](Self::handshake_timeout) | 3 s (also bounds `connect()`'s dial) |
 /// | [`reconnect_backoff`](Self::reconnect_backoff) | 20 ms doubling up to 2 s, ±25% jitter |
-/// | [`tls`](Self::tls) | none: plaintext (cargo feature `tls`) |
+#[cfg_attr(feature = "tls", doc = "| [`tls`](Self::tls) | none: plaintext |")]
 #[must_use]
 pub struct ClientBuilder {
     addr: io::Result<Address>,

@@ -86,6 +86,19 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// A context for calling a handler outside a server, in unit tests of handlers.
+    ///
+    /// ```
+    /// use batchrpc::{Address, RequestCtx};
+    /// let ctx = RequestCtx::new("127.0.0.1:9".parse::<std::net::SocketAddr>().map(Address::Tcp).unwrap(), 7);
+    /// assert_eq!(ctx.conn_id(), 7);
+    /// ```
+    pub fn new(peer: Address, conn_id: u64) -> RequestCtx {
+        RequestCtx {
+            info: Arc::new(ConnInfo::new(peer, conn_id)),
+        }
+    }
+
     /// The connection the request came on.
     pub fn conn(&self) -> &ConnInfo {
         &self.info
@@ -159,8 +172,11 @@ impl ServerShared {
 /// | [`max_queued_requests`](Self::max_queued_requests) | 10 000 |
 /// | [`max_frame_len`](Self::max_frame_len) | 64 MiB |
 /// | [`handshake_timeout`](Self::handshake_timeout) | 3 s |
-/// | [`tls`](Self::tls) | none: plaintext (cargo feature `tls`) |
-/// | [`tls_required`](Self::tls_required) | `true`: with TLS configured, plaintext clients are refused |
+#[cfg_attr(feature = "tls", doc = "| [`tls`](Self::tls) | none: plaintext |")]
+#[cfg_attr(
+    feature = "tls",
+    doc = "| [`tls_required`](Self::tls_required) | `true`: with TLS configured, plaintext clients are refused |"
+)]
 #[must_use]
 pub struct ServerBuilder {
     workers: usize,

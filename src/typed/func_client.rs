@@ -2,10 +2,8 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::io;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -57,7 +55,7 @@ where
 
 fn encode_error(name: &str, e: CodecError) -> Error {
     let text = format!("cannot encode arguments of {name:?}: {e}");
-    Error::Io(Arc::new(io::Error::new(io::ErrorKind::InvalidInput, text)))
+    Error::Encode(text)
 }
 
 /// Decodes a result, or says why it cannot be.
@@ -68,7 +66,7 @@ fn decode<R: DeserializeOwned>(resp: &Response) -> Result<R> {
             "cannot decode the result as {}: {e}",
             std::any::type_name::<R>()
         );
-        Error::Io(Arc::new(io::Error::new(io::ErrorKind::InvalidData, text)))
+        Error::Decode(text)
     })
 }
 
@@ -80,10 +78,10 @@ fn decode<R: DeserializeOwned>(resp: &Response) -> Result<R> {
 /// from any number of threads, like the [`Client`] it wraps.
 ///
 /// Errors: everything [`Client`] returns, unchanged (the server's refusals and the
-/// functions' own errors arrive as [`Error::Server`]); plus [`Error::Io`] of kind
-/// [`InvalidInput`](io::ErrorKind::InvalidInput) when the arguments cannot be encoded (or the
+/// functions' own errors arrive as [`Error::Server`]); plus [`Error::Encode`] when the
+/// arguments cannot be encoded (or the
 /// name is empty or longer than 255 bytes), and of kind
-/// [`InvalidData`](io::ErrorKind::InvalidData) when the result does not decode as the type
+/// [`Error::Decode`] when the result does not decode as the type
 /// asked for. Both are local to the call. See the [module docs](super#errors).
 ///
 /// ```

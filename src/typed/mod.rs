@@ -62,12 +62,12 @@
 //!
 //! On the client side, [`FuncClient`] returns what [`Client`](crate::Client) returns
 //! (timeouts, overflow, lost connections...) unchanged, plus two errors of its own, both
-//! [`Error::Io`](crate::Error::Io) and local to the call:
+//! local to the call:
 //!
-//! | case | kind | text |
+//! | case | error | text |
 //! |---|---|---|
-//! | arguments do not encode, or the name is empty or over 255 bytes | `InvalidInput` | `cannot encode arguments of "x": <why>` |
-//! | the result does not decode as the type asked for | `InvalidData` | `cannot decode the result as <type>: <why>` |
+//! | arguments do not encode, or the name is empty or over 255 bytes | [`Error::Encode`](crate::Error::Encode) | `cannot encode arguments of "x": <why>` |
+//! | the result does not decode as the type asked for | [`Error::Decode`](crate::Error::Decode) | `cannot decode the result as <type>: <why>` |
 //!
 //! # Limits
 //!

@@ -97,8 +97,9 @@ pub struct ConnConfig {
     /// Time allowed for the hello exchange and the TLS handshake. Default: 3 s.
     pub handshake_timeout: Duration,
     /// What the hello says about TLS. Server: what to do about it (`Off` without a
-    /// [`tls_server`](Self::tls_server) configuration). Client: `Off` for plaintext, anything
-    /// else to ask for TLS (which then needs [`tls_client`](Self::tls_client)).
+    /// `tls_server` configuration). Client: `Off` for plaintext, anything else to ask for TLS
+    /// (which then needs `tls_client`). With TLS agreed and no configuration, the connection
+    /// fails with [`TlsErrorKind::NotConfigured`].
     pub tls: TlsPolicy,
     /// Client: the rustls configuration, and the name the server's certificate must be valid
     /// for. Used when the hellos agree on TLS. Default: none.
