@@ -199,6 +199,13 @@ impl Stream {
         }
     }
 
+    /// Whether a read that returned less than asked for means the socket is drained, with
+    /// more data certain to raise a new readiness event (true for TCP and Unix sockets under
+    /// epoll and kqueue; a custom stream promises only "read until would-block").
+    pub(crate) fn edge_after_short_read(&self) -> bool {
+        !matches!(self, Stream::Custom(_))
+    }
+
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read(buf),

@@ -133,6 +133,9 @@ pub(crate) struct ConnEp {
     timer: Option<Instant>,
     /// The last turn that read or wrote something.
     last_active: Instant,
+    /// An event said the peer closed its side (or the socket has an error): read until the
+    /// end is seen, with no short-read shortcut (no later edge will announce it).
+    read_closed: bool,
     seen: Counters,
     /// Why it is closing, when the reactor or the service knows better than the protocol.
     cause: Option<Error>,
@@ -209,6 +212,7 @@ impl Core {
             reaping: false,
             timer: None,
             last_active: self.now,
+            read_closed: false,
             seen: Counters::default(),
             cause: None,
             role,
@@ -438,7 +442,13 @@ impl Reactor {
             if event.token() == WAKER {
                 continue;
             }
-            let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+            let closed = event.is_read_closed() || event.is_error();
+            if closed {
+                if let Some(Endpoint::Conn(ep)) = self.core.endpoints.get_mut(event.token().0) {
+                    ep.read_closed = true;
+                }
+            }
+            let readable = event.is_readable() || closed;
             let writable = event.is_writable() || event.is_write_closed() || event.is_error();
             self.ready.push((event.token().0, readable, writable));
         }
@@ -601,6 +611,9 @@ impl Reactor {
             return;
         };
         let mut budget = READ_BUDGET;
+        // Set by a short read from a socket: the kernel buffer is empty, and new data will
+        // raise a new edge, so the read that would only say "would block" is skipped.
+        let mut drained = false;
         loop {
             // Hand over what is buffered first: frames a paused service left in the buffer
             // earlier, or what the last read brought.
@@ -621,7 +634,8 @@ impl Reactor {
                     .add(C::frames_read, frames_in - ep.seen.frames_in);
                 ep.seen.frames_in = frames_in;
             }
-            if !matches!(ep.conn.state(), State::Handshake | State::Tls | State::Open)
+            if drained
+                || !matches!(ep.conn.state(), State::Handshake | State::Tls | State::Open)
                 || !service.may_read(token, ep)
             {
                 break;
@@ -632,6 +646,7 @@ impl Reactor {
             }
             budget -= 1;
             let buf = ep.conn.recv_buf();
+            let offered = buf.len();
             match ep.stream.read(buf) {
                 Ok(0) => {
                     service.stats().inc(C::read_calls);
@@ -643,6 +658,7 @@ impl Reactor {
                     stats.add(C::bytes_read, n as u64);
                     ep.last_active = self.core.now;
                     ep.conn.handle_recv(n);
+                    drained = n < offered && !ep.read_closed && ep.stream.edge_after_short_read();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
