@@ -241,14 +241,13 @@ fn connect_fails(builder: ClientBuilder) -> Error {
 }
 
 /// Waits until the server has counted `n` failed handshakes (accept errors and protocol
-/// errors both).
+/// errors both). At least `n`: a refused client may redial once more in the moment between
+/// `connect()` learning the failure and the client being dropped, and fail the same way.
 fn wait_server_failures(server: &Server, n: u64) {
     wait_until(WAIT, "the server to count the failed handshakes", || {
         let s = server.stats();
         s.accept_errors >= n && s.errors.protocol >= n
     });
-    let s = server.stats();
-    assert_eq!((s.accept_errors, s.errors.protocol), (n, n));
 }
 
 // ----- success ---------------------------------------------------------------------------------
@@ -445,7 +444,9 @@ fn refused_clients_leave_the_servers_other_connections_alone() {
                 wait_server_failures(&server, i as u64 + 1);
                 neighbour.wait_for_calls(2);
             }
-            assert_eq!(server.stats().open_connections, 1, "only the neighbour's");
+            wait_until(WAIT, "only the neighbour's connection open", || {
+                server.stats().open_connections == 1
+            });
             neighbour.finish();
         }
     });

@@ -2741,6 +2741,30 @@ mod tests {
         }
 
         #[test]
+        fn close_notify_ends_the_stream_after_the_frames_before_it() {
+            for c in compressions() {
+                let mut p =
+                    Pair::open_tls(tls_config(Role::Client, c), tls_config(Role::Server, c));
+                p.server.send_frame(1, FrameKind::Response, b"last words");
+                let mut bytes = transmit(&mut p.server, p.now);
+                let session = p.server.session.as_deref_mut().unwrap();
+                session.send_close_notify();
+                let mut alert = Vec::new();
+                session.write_tls(&mut alert).unwrap();
+                assert_eq!(records(&alert).len(), 1);
+                // Anything after close_notify is ignored.
+                bytes.extend_from_slice(&alert);
+                bytes.extend_from_slice(b"trailing garbage");
+                feed(&mut p.client, &bytes, NO_LIMIT);
+                let (frames, end) = receive(&mut p.client);
+                assert_eq!(frames, [got(1, FrameKind::Response, b"last words")], "{c}");
+                assert_eq!(end, Ok(()));
+                assert_eq!(p.client.state(), State::Closed);
+                assert_eq!(p.client.close_reason(), Some(&Ok(())));
+            }
+        }
+
+        #[test]
         fn a_peer_that_requires_no_tls_config_here_fails_clearly() {
             // TLS agreed, but the server was given no rustls configuration.
             let server_cfg = ConnConfig {
