@@ -446,6 +446,10 @@ impl Service for ClientCore {
                     },
                     other => other.clone(),
                 }));
+                if self.cfg.stop_unless_connected {
+                    self.shut(Some(core));
+                    return;
+                }
             }
         }
         let lost = Error::ConnectionLost(cause);

@@ -34,6 +34,9 @@ pub(crate) struct ClientConfig {
     pub backoff_max: Duration,
     pub dialer: Option<Arc<Dialer>>,
     pub on_connect: Option<Arc<OnConnect>>,
+    /// `connect()` waits for the first connection: if every first dial fails, the client
+    /// stops rather than redialing for a handle that is about to be dropped.
+    pub stop_unless_connected: bool,
 }
 
 /// State shared by the client handles, their pending calls and the reactor side.
@@ -285,7 +288,7 @@ impl ClientBuilder {
         let mut reactor = Reactor::new()?;
         let name = self.name.clone();
         let wait = self.conn.handshake_timeout;
-        let client = self.connect_on(&mut reactor)?;
+        let client = self.attach(&mut reactor, true)?;
         *client
             .inner
             .thread
@@ -298,6 +301,10 @@ impl ClientBuilder {
     /// Connects on `reactor`, which you drive. The dial happens now (its errors are returned);
     /// the handshake completes as the reactor turns.
     pub fn connect_on(self, reactor: &mut Reactor) -> Result<Client> {
+        self.attach(reactor, false)
+    }
+
+    fn attach(self, reactor: &mut Reactor, stop_unless_connected: bool) -> Result<Client> {
         let addr = self.addr.map_err(Error::from)?;
         for c in [self.conn.compression] {
             if !c.is_available() {
@@ -323,6 +330,7 @@ impl ClientBuilder {
             backoff_max: self.backoff.1,
             dialer: self.dialer,
             on_connect: self.on_connect,
+            stop_unless_connected,
         });
         let mut streams = Vec::with_capacity(self.conns);
         for _ in 0..self.conns {

@@ -634,9 +634,11 @@ impl Reactor {
                     .add(C::frames_read, frames_in - ep.seen.frames_in);
                 ep.seen.frames_in = frames_in;
             }
-            if drained
-                || !matches!(ep.conn.state(), State::Handshake | State::Tls | State::Open)
+            // Ask the service first, even when the socket is drained: a service that stopped
+            // taking frames (backpressure) registers the connection for resuming here.
+            if !matches!(ep.conn.state(), State::Handshake | State::Tls | State::Open)
                 || !service.may_read(token, ep)
+                || drained
             {
                 break;
             }
