@@ -165,14 +165,19 @@ pub fn conn_server(data: &[u8]) {
     let plain_mode = matches!(mode, 1 | 2);
     let plain = batches.concat();
 
-    let mut stream = Hello::new(compression, false).encode().to_vec();
+    // What the peer writes: the hello, then the stream; in plain and frames modes one write
+    // per batch, as a peer's flushes. A read never spans two writes, as when each write
+    // arrives before the reader wakes up.
+    let mut writes = vec![Hello::new(compression, false).encode().to_vec()];
     if plain_mode {
         let mut encoder = Encoder::new(compression, DEFAULT_FLATE_LEVEL).unwrap();
-        for batch in &batches {
-            encoder.encode(batch, &mut stream);
-        }
+        writes.extend(batches.iter().map(|batch| {
+            let mut wire = Vec::new();
+            encoder.encode(batch, &mut wire);
+            wire
+        }));
     } else {
-        stream.extend_from_slice(rest);
+        writes.push(rest.to_vec());
     }
 
     let now = Instant::now();
@@ -183,23 +188,21 @@ pub fn conn_server(data: &[u8]) {
     let mut server = Conn::new(cfg, now);
     let mut delivered = Vec::new();
     let mut end = Ok(());
-    let mut fed = 0;
-    while fed < stream.len() && matches!(server.state(), State::Handshake | State::Open) {
-        let room = server.recv_buf();
-        let n = room.len().min(read).min(stream.len() - fed);
-        room[..n].copy_from_slice(&stream[fed..fed + n]);
-        server.handle_recv(n);
-        fed += n;
-        if fed >= HELLO_LEN {
-            assert_ne!(
-                server.state(),
-                State::Handshake,
-                "a valid hello was received"
-            );
-            let hello = Hello::new(Compression::None, false).with_max_frame_len(MAX_FRAME);
-            assert_eq!(server.poll_transmit(now), Some(&hello.encode()[..]));
+    for (i, write) in writes.iter().enumerate() {
+        let mut rest = &write[..];
+        while !rest.is_empty() && matches!(server.state(), State::Handshake | State::Open) {
+            let room = server.recv_buf();
+            let n = room.len().min(read).min(rest.len());
+            room[..n].copy_from_slice(&rest[..n]);
+            server.handle_recv(n);
+            rest = &rest[n..];
+            if i > 0 || rest.is_empty() {
+                assert_ne!(server.state(), State::Handshake, "a valid hello came");
+                let hello = Hello::new(Compression::None, false).with_max_frame_len(MAX_FRAME);
+                assert_eq!(server.poll_transmit(now), Some(&hello.encode()[..]));
+            }
+            drain(&mut server, &mut delivered, &mut end);
         }
-        drain(&mut server, &mut delivered, &mut end);
     }
     if !eof {
         return;
@@ -217,24 +220,21 @@ pub fn conn_server(data: &[u8]) {
 }
 
 /// Most plain bytes [`described_batches`] makes, so that each run stays fast.
-const MAX_DESCRIBED: usize = 512 << 10;
+const MAX_DESCRIBED: usize = 96 << 10;
 
 /// Batches of plain frames, one frame per 5 bytes `[a, b, c, d, e]` of `data` (its id is its
 /// index), until they total [`MAX_DESCRIBED`] bytes:
 /// - kind: `a` bit 7 clear: request; else bit 6 clear: request without reply; else response
 ///   (which a server refuses);
 /// - payload length: `u16(b, c) * ((a & 0x1f) + 1)`, up to 2 MiB; above [`MAX_FRAME`], which
-///   the server refuses from the header alone, only the header and 16 bytes are sent, and
-///   nothing after them;
+///   the server refuses from the header alone, only the header and 16 bytes are sent; past
+///   the [`MAX_DESCRIBED`] budget, the payload is cut short there; either way nothing follows;
 /// - payload: `d` repeated (compressible), or noise seeded by `a..=d` when `a` bit 5 is set;
 /// - `e` bit 0: the frame starts a new batch.
 pub fn described_batches(data: &[u8]) -> Vec<Vec<u8>> {
     let mut batches: Vec<Vec<u8>> = Vec::new();
     let mut total = 0;
     for (id, spec) in (0..).zip(data.chunks_exact(5)) {
-        if total >= MAX_DESCRIBED {
-            break;
-        }
         let &[a, b, c, d, e] = spec else {
             unreachable!("chunks of 5")
         };
@@ -248,27 +248,31 @@ pub fn described_batches(data: &[u8]) -> Vec<Vec<u8>> {
             (true, true) => FrameKind::Response,
         };
         let len = usize::from(u16::from_le_bytes([b, c])) * (usize::from(a & 0x1f) + 1);
-        if len > MAX_FRAME as usize {
-            let mut header = [0; HEADER_LEN];
-            frame::write_header(&mut header, id, kind, len as u32);
-            batch.extend_from_slice(&header);
-            batch.extend_from_slice(&[d; 16]);
-            break;
-        }
-        let at = frame::begin(batch, id, kind);
+        let mut header = [0; HEADER_LEN];
+        frame::write_header(&mut header, id, kind, len as u32);
+        batch.extend_from_slice(&header);
+        // Above the limit, the header alone is refused: a few payload bytes are enough.
+        let budget = if len > MAX_FRAME as usize {
+            16
+        } else {
+            MAX_DESCRIBED.saturating_sub(total)
+        };
+        let sent = len.min(budget);
         if a & 0x20 == 0 {
-            batch.resize(batch.len() + len, d);
+            batch.resize(batch.len() + sent, d);
         } else {
             let mut x = u32::from_le_bytes([a, b, c, d]) | 1;
-            batch.extend((0..len).map(|_| {
+            batch.extend((0..sent).map(|_| {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
                 x as u8
             }));
         }
-        frame::finish(batch, at);
-        total += HEADER_LEN + len;
+        total += HEADER_LEN + sent;
+        if sent < len {
+            break;
+        }
     }
     batches
 }

@@ -90,7 +90,9 @@ pub struct ConnConfig {
     pub flate_level: u32,
     /// Largest payload accepted from the peer. Default: [`frame::DEFAULT_MAX_FRAME_LEN`].
     pub max_frame_len: u32,
-    /// How long a batch may wait for more frames. Default: zero (flush at the end of the turn).
+    /// How long a batch may wait for more frames, counted from the first
+    /// [`Conn::poll_transmit`] that sees it (the end of the turn that queued its first frame).
+    /// Default: zero (flush at the end of the turn).
     pub max_batch_delay: Duration,
     /// A batch this large (bytes, before compression) flushes at once. Default: 64 KiB.
     pub flush_threshold: usize,
@@ -166,7 +168,7 @@ impl fmt::Display for State {
 pub struct Counters {
     /// Frames decoded from the peer.
     pub frames_in: u64,
-    /// Frames queued to the peer.
+    /// Frames flushed to the peer (counted when their batch is flushed).
     pub frames_out: u64,
     /// Batches flushed (each is one contiguous chunk of output).
     pub flushes: u64,
