@@ -65,6 +65,11 @@ struct Args {
     #[arg(long, value_name = "N")]
     server_workers: Option<usize>,
 
+    /// In-process server: run its (cheap, never blocking) handler inline on the reactor when a
+    /// turn's estimated handler work is within this budget (ServerBuilder::inline_budget).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0")]
+    server_inline_budget: Duration,
+
     /// In-process server: its batch delay. [default: 100us if --delay > 0, else 0]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     server_delay: Option<Duration>,
@@ -542,6 +547,7 @@ fn start_server(
         .compression(args.compression.into())
         .max_batch_delay(server_delay(args))
         .pipeline(args.pipeline)
+        .inline_budget(args.server_inline_budget)
         .max_queued_requests(max_queued);
     if let Some(w) = args.server_workers {
         builder = builder.workers(w);

@@ -6,6 +6,10 @@
 //!
 //! The long run (60 s by default) is the example: `cargo run --release --example soak`.
 
+// The example includes the fault proxy itself (`soak::proxy`), and so does `support`: the
+// same file twice in this test crate, which is harmless.
+#![allow(clippy::duplicate_mod)]
+
 mod support;
 
 #[path = "../examples/soak.rs"]
@@ -26,6 +30,8 @@ fn ten_second_soak_loses_nothing() {
         seed,
         clients: 3,
         callers_per_client: 2,
+        // Debug builds compress slowly: smaller payloads than the example's 512 KiB.
+        max_payload: 128 << 10,
         progress: false,
     };
     // 10 s of load, then at most a call deadline (3 s) for the callers to come back, 20 final

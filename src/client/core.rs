@@ -453,10 +453,19 @@ impl Service for ClientCore {
             }
         }
         let lost = Error::ConnectionLost(cause);
+        // In-flight calls fail; timed-out ones give their slots back: no answer can come now.
         self.fail_calls(&lost, core.now, |m| {
-            m.state == CallState::InFlight && m.conn == token
+            matches!(m.state, CallState::InFlight | CallState::Abandoned) && m.conn == token
         });
         self.schedule_redial(slot, core.now);
+    }
+
+    fn flushed(&mut self, core: &mut Core) {
+        // The flush may have drained a backlog that held calls back, without the socket ever
+        // blocking (so no write event follows): place them now; the next turn flushes them.
+        if !self.closing && !self.waiting.is_empty() {
+            self.place_waiting(core);
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {

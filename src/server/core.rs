@@ -349,25 +349,34 @@ impl Service for ServerCore {
             .unwrap_or(0)
             .min(self.cfg.conn.max_frame_len);
         // Take frames only while under the queue limit; the rest wait in the connection's
-        // buffer (and reading pauses, see `may_read`) until answers free room.
-        while self.queued < self.cfg.max_queued_requests {
-            let Some(frame) = ep.conn.poll_frame()? else {
-                break;
-            };
-            if sc.job.is_none() {
-                let mut job = self.take_job(token, conn_id, &sc.info);
-                job.max_response = max_response;
-                sc.job = Some(job);
+        // buffer (and reading pauses, see `may_read`) until answers free room. A job answered
+        // inline frees room at once: then take more, since no event will come for frames that
+        // are already buffered.
+        loop {
+            let mut exhausted = false;
+            while self.queued < self.cfg.max_queued_requests {
+                let Some(frame) = ep.conn.poll_frame()? else {
+                    exhausted = true;
+                    break;
+                };
+                if sc.job.is_none() {
+                    let mut job = self.take_job(token, conn_id, &sc.info);
+                    job.max_response = max_response;
+                    sc.job = Some(job);
+                }
+                let job = sc.job.as_mut().expect("just set");
+                job.push(frame.id, frame.kind, frame.payload);
+                self.queued += 1;
+                if !pipeline && job.nreq >= JOB_MAX_REQUESTS && self.jobs_out < self.cfg.max_jobs {
+                    self.dispatch(token, sc, &mut ep.conn);
+                }
             }
-            let job = sc.job.as_mut().expect("just set");
-            job.push(frame.id, frame.kind, frame.payload);
-            self.queued += 1;
-            if !pipeline && job.nreq >= JOB_MAX_REQUESTS && self.jobs_out < self.cfg.max_jobs {
+            if sc.job.is_some() && (!pipeline || sc.in_flight == 0) {
                 self.dispatch(token, sc, &mut ep.conn);
             }
-        }
-        if sc.job.is_some() && (!pipeline || sc.in_flight == 0) {
-            self.dispatch(token, sc, &mut ep.conn);
+            if exhausted || self.queued >= self.cfg.max_queued_requests {
+                break;
+            }
         }
         Ok(())
     }

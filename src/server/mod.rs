@@ -167,7 +167,7 @@ impl ServerShared {
 /// | [`max_batch_delay`](Self::max_batch_delay) | zero: flush at the end of each reactor turn |
 /// | [`compression`](Self::compression) | [`Compression::None`] |
 /// | [`pipeline`](Self::pipeline) | `false` |
-/// | [`inline_budget`](Self::inline_budget) | 20 µs |
+/// | [`inline_budget`](Self::inline_budget) | zero: handlers always run on the workers |
 /// | [`max_connections`](Self::max_connections) | 10 000 |
 /// | [`max_queued_requests`](Self::max_queued_requests) | 10 000 |
 /// | [`max_frame_len`](Self::max_frame_len) | 64 MiB |
@@ -215,7 +215,7 @@ impl Default for ServerBuilder {
             handler: None,
             max_connections: 10_000,
             max_queued_requests: 10_000,
-            inline_budget: Duration::from_micros(20),
+            inline_budget: Duration::ZERO,
             on_connect: None,
             extra: Vec::new(),
             custom: Vec::new(),
@@ -279,7 +279,13 @@ impl ServerBuilder {
     /// as jobs run): below that, handing the work to a worker and back, two thread wake-ups,
     /// costs more than the work itself; above it, the workers share the load. The first jobs
     /// always go to the workers, and a handler that turns slow stops being run inline as its
-    /// mean rises. `Duration::ZERO` runs every handler on the workers. Default: 20 µs.
+    /// mean rises.
+    ///
+    /// Off by default (`Duration::ZERO`): a mean cannot foresee the one request that blocks,
+    /// and a handler blocked on the reactor thread stalls every connection of the reactor.
+    /// Turn it on (20 µs suits handlers that never block and take well under a microsecond
+    /// or two) when handlers are known to be cheap: calls with few in flight then take two
+    /// thread wake-ups less each.
     pub fn inline_budget(mut self, budget: Duration) -> Self {
         self.inline_budget = budget;
         self

@@ -128,6 +128,8 @@ pub struct ProxyStats {
     pub killed: u64,
     /// Chunks cut short by `cut_mid_batch`.
     pub cuts: u64,
+    /// `write()` calls made to forward bytes (either way).
+    pub writes: u64,
 }
 
 /// One proxied connection: the client's socket and the server's.
@@ -165,6 +167,7 @@ struct Counters {
     to_client: AtomicU64,
     killed: AtomicU64,
     cuts: AtomicU64,
+    writes: AtomicU64,
 }
 
 struct Shared {
@@ -324,6 +327,7 @@ impl Proxy {
             bytes_to_client: c.to_client.load(Ordering::Relaxed),
             killed: c.killed.load(Ordering::Relaxed),
             cuts: c.cuts.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
         }
     }
 }
@@ -563,7 +567,10 @@ fn write_all(shared: &Shared, pair: &Pair, mut to: &TcpStream, bytes: &[u8]) -> 
     while off < bytes.len() {
         match to.write(&bytes[off..]) {
             Ok(0) => return off,
-            Ok(n) => off += n,
+            Ok(n) => {
+                shared.counters.writes.fetch_add(1, Ordering::Relaxed);
+                off += n;
+            }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 if shared.stop.load(Ordering::SeqCst) || pair.closed.load(Ordering::SeqCst) {
                     return off;
