@@ -15,6 +15,8 @@
 //! The `EndToEndTLSCompress*` rows are the `EndToEndCompress*` rows over TLS (rustls with the
 //! ring provider, TLS 1.3, a self-signed certificate made at start by rcgen).
 
+mod support;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -161,16 +163,7 @@ fn caller(client: &Client, calls: u64, window: usize) {
 /// Short runs: the rows are many, and each is steady within a second or two.
 /// `BENCH_QUICK=1` makes them shorter still, for smoke runs.
 fn config() -> Criterion {
-    let quick = std::env::var_os("BENCH_QUICK").is_some();
-    let (warm, measure, samples) = if quick {
-        (Duration::from_millis(200), Duration::from_millis(600), 10)
-    } else {
-        (Duration::from_secs(1), Duration::from_secs(3), 20)
-    };
-    Criterion::default()
-        .warm_up_time(warm)
-        .measurement_time(measure)
-        .sample_size(samples)
+    support::config(Duration::from_secs(1), Duration::from_secs(3), 20)
 }
 
 fn end_to_end(c: &mut Criterion) {

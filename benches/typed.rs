@@ -16,6 +16,8 @@
 //! `cargo bench --bench typed` takes about 20 s; `BENCH_QUICK=1` cuts the warm-up and
 //! measurement times for a smoke run. Target: typed overhead under 150 ns per call.
 
+mod support;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,16 +143,7 @@ fn loopback(c: &mut Criterion) {
 
 /// ~2.5 s per benchmark, or ~0.4 s with `BENCH_QUICK=1`.
 fn config() -> Criterion {
-    let quick = std::env::var_os("BENCH_QUICK").is_some_and(|v| v == "1");
-    let (warm_up, measure, samples) = if quick {
-        (Duration::from_millis(100), Duration::from_millis(300), 10)
-    } else {
-        (Duration::from_millis(500), Duration::from_secs(2), 50)
-    };
-    Criterion::default()
-        .warm_up_time(warm_up)
-        .measurement_time(measure)
-        .sample_size(samples)
+    support::config(Duration::from_millis(500), Duration::from_secs(2), 50)
 }
 
 criterion_group! {

@@ -15,6 +15,8 @@
 //! `cargo bench --bench wire` takes about a minute; `BENCH_QUICK=1` cuts the warm-up and
 //! measurement times for a smoke run. Target: `wire/decode/none/6B` under 20 ns per frame.
 
+mod support;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -206,16 +208,7 @@ fn conn(c: &mut Criterion) {
 
 /// Short runs: ~2.5 s per benchmark, or ~0.4 s with `BENCH_QUICK=1`.
 fn config() -> Criterion {
-    let quick = std::env::var_os("BENCH_QUICK").is_some_and(|v| v == "1");
-    let (warm_up, measure, samples) = if quick {
-        (Duration::from_millis(100), Duration::from_millis(300), 10)
-    } else {
-        (Duration::from_millis(500), Duration::from_secs(2), 50)
-    };
-    Criterion::default()
-        .warm_up_time(warm_up)
-        .measurement_time(measure)
-        .sample_size(samples)
+    support::config(Duration::from_millis(500), Duration::from_secs(2), 50)
 }
 
 criterion_group! {

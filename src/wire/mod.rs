@@ -13,6 +13,7 @@ pub mod buffer;
 pub mod compress;
 pub mod conn;
 mod crc32c;
+pub mod fastrpc;
 pub mod frame;
 pub mod handshake;
 pub mod tls;
