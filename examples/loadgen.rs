@@ -412,45 +412,6 @@ impl Caller<'_> {
     }
 }
 
-/// Byte and syscall counters over the measured window, summed over clients.
-#[derive(Default, Clone, Copy)]
-struct Flow {
-    bytes_written: u64,
-    bytes_read: u64,
-    write_calls: u64,
-    read_calls: u64,
-    flushes: u64,
-    frames_written: u64,
-    stale_responses: u64,
-    protocol_errors: u64,
-}
-
-impl Flow {
-    fn between(before: &Stats, after: &Stats) -> Flow {
-        Flow {
-            bytes_written: after.bytes_written - before.bytes_written,
-            bytes_read: after.bytes_read - before.bytes_read,
-            write_calls: after.write_calls - before.write_calls,
-            read_calls: after.read_calls - before.read_calls,
-            flushes: after.flushes - before.flushes,
-            frames_written: after.frames_written - before.frames_written,
-            stale_responses: after.errors.stale_responses - before.errors.stale_responses,
-            protocol_errors: after.errors.protocol - before.errors.protocol,
-        }
-    }
-
-    fn add(&mut self, o: &Flow) {
-        self.bytes_written += o.bytes_written;
-        self.bytes_read += o.bytes_read;
-        self.write_calls += o.write_calls;
-        self.read_calls += o.read_calls;
-        self.flushes += o.flushes;
-        self.frames_written += o.frames_written;
-        self.stale_responses += o.stale_responses;
-        self.protocol_errors += o.protocol_errors;
-    }
-}
-
 /// Process-wide CPU time and context switches, from /proc (Linux); `None` elsewhere.
 #[derive(Clone, Copy)]
 struct Os {
@@ -586,7 +547,7 @@ fn serve(args: &Args, bind: &str) -> Result<(), Error> {
         let now = Instant::now();
         let s = server.stats();
         let secs = now.duration_since(last.1).as_secs_f64();
-        let flow = Flow::between(&last.0, &s);
+        let flow = s.since(&last.0);
         eprintln!(
             "{:6.1}s  {:>12} requests/s  {:>14} requests  {} connections  {:.1} frames/write  \
              errors {}",
@@ -905,9 +866,9 @@ fn report(outcomes: &[Outcome], before: &Snapshot, after: &Snapshot, measure_fro
     let n_errors: u64 = errors.iter().sum();
     let calls = ok + n_errors;
     let secs = last.duration_since(measure_from).as_secs_f64().max(1e-9);
-    let mut client = Flow::default();
+    let mut client = Stats::default();
     for (b, a) in before.clients.iter().zip(&after.clients) {
-        client.add(&Flow::between(b, a));
+        client += a.since(b);
     }
     let per = |x: u64| x as f64 / calls.max(1) as f64;
     let us = |ns: u64| format!("{:.1} us", ns as f64 / 1e3);
@@ -957,9 +918,13 @@ fn report(outcomes: &[Outcome], before: &Snapshot, after: &Snapshot, measure_fro
                 client.frames_written as f64 / client.flushes.max(1) as f64
             ),
         ),
+        (
+            "client wake-ups/call",
+            format!("{:.4}", per(client.wakeups)),
+        ),
     ];
     if let (Some(b), Some(a)) = (&before.server, &after.server) {
-        let s = Flow::between(b, a);
+        let s = a.since(b);
         rows.push((
             "server frames/write",
             format!("{:.1}", s.frames_written as f64 / s.flushes.max(1) as f64),
@@ -972,6 +937,7 @@ fn report(outcomes: &[Outcome], before: &Snapshot, after: &Snapshot, measure_fro
             "server read syscalls/call",
             format!("{:.4}", per(s.read_calls)),
         ));
+        rows.push(("server wake-ups/call", format!("{:.4}", per(s.wakeups))));
     }
     if let (Some(b), Some(a)) = (before.os, after.os) {
         let cpu = a.cpu.saturating_sub(b.cpu);
@@ -992,13 +958,16 @@ fn report(outcomes: &[Outcome], before: &Snapshot, after: &Snapshot, measure_fro
     if warm > 0 {
         rows.push(("errors during warm-up", format_errors(&warmup_errors)));
     }
-    if client.stale_responses > 0 {
-        rows.push(("late responses dropped", thousands(client.stale_responses)));
+    if client.errors.stale_responses > 0 {
+        rows.push((
+            "late responses dropped",
+            thousands(client.errors.stale_responses),
+        ));
     }
-    if client.protocol_errors > 0 {
+    if client.errors.protocol > 0 {
         rows.push((
             "connections lost to protocol errors",
-            thousands(client.protocol_errors),
+            thousands(client.errors.protocol),
         ));
     }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

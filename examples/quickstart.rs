@@ -111,6 +111,10 @@ fn main() -> Result<(), batchrpc::Error> {
         s.write_calls,
         s.frames_written as f64 / s.write_calls.max(1) as f64
     );
+    println!(
+        "thread wake-ups: client {} and server {} for {} calls, in {} and {} reactor turns",
+        c.wakeups, s.wakeups, c.calls, c.turns, s.turns
+    );
 
     drop(client);
     server.shutdown();

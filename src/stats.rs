@@ -44,6 +44,12 @@ pub struct Stats {
     pub frames_written: u64,
     /// Frames read.
     pub frames_read: u64,
+    /// Reactor turns (`poll_once` calls) of the reactor this client or server runs on.
+    pub turns: u64,
+    /// Thread wake-ups paid for with a syscall: the reactor woken by a caller or a worker, a
+    /// worker woken for a job, a caller woken for its response. The figure to drive down:
+    /// compare it with `calls`.
+    pub wakeups: u64,
     /// Connections open now.
     pub open_connections: u64,
     /// Bytes of buffer memory the connections hold, as of the reactor's last idle sweep
@@ -123,6 +129,14 @@ macro_rules! counters {
                 s
             }
         }
+
+        /// Sums every field, gauges included: the figures of several clients (or servers)
+        /// as one.
+        impl std::ops::AddAssign for Stats {
+            fn add_assign(&mut self, other: Stats) {
+                $( self.$($field).+ = self.$($field).+.wrapping_add(other.$($field).+); )*
+            }
+        }
     };
 }
 
@@ -142,6 +156,8 @@ counters! {
     flushes => flushes;
     frames_written => frames_written;
     frames_read => frames_read;
+    turns => turns;
+    wakeups => wakeups;
     open_connections => open_connections;
     buffered_bytes => buffered_bytes;
     timeout => errors.timeout;

@@ -529,3 +529,26 @@ fn calls_in_flight_share_writes() {
         assert_eq!(client.pending_requests(), 0);
     });
 }
+
+/// Wake-ups and turns are counted: a blocking call parks its caller (woken by the reactor) and
+/// may wake the sleeping reactor, so each call costs the client between zero and two wake-ups.
+#[test]
+fn wake_ups_and_turns_are_counted() {
+    run(|| {
+        let server = echo_builder().bind("127.0.0.1:0").unwrap();
+        let client = Client::builder(server.local_addr()).connect().unwrap();
+        let before = client.stats();
+        for i in 0..100u32 {
+            assert_eq!(&*client.call(&i.to_le_bytes()).unwrap(), &i.to_le_bytes());
+        }
+        let during = client.stats().since(&before);
+        assert_eq!(during.calls, 100);
+        assert!(during.turns > 0);
+        assert!(
+            (1..=200).contains(&during.wakeups),
+            "{} wake-ups for 100 blocking calls",
+            during.wakeups
+        );
+        assert!(server.stats().turns > 0);
+    });
+}

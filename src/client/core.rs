@@ -265,7 +265,9 @@ impl ClientCore {
             }
             Err(e) => stats.error(e),
         }
-        self.shared.slots.complete(idx, outcome, off_wire);
+        if self.shared.slots.complete(idx, outcome, off_wire) {
+            self.shared.stats.inc(C::wakeups);
+        }
     }
 
     /// Fails every pending call that matches `which` with `err`, and lets go of the slots of

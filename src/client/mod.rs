@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 
 use crate::reactor::{self, Reactor, ReactorShared};
-use crate::stats::{SharedStats, Stats};
+use crate::stats::{SharedStats, Stats, C};
 use crate::transport::{Address, CustomStream, Stream, ToAddress};
 use crate::wire::conn::{ConnConfig, Role};
 use crate::wire::frame::FrameKind;
@@ -125,7 +125,9 @@ impl ClientShared {
     fn submit(&self, req: &[u8], kind: FrameKind, timeout: Duration, state: u32) -> Result<u32> {
         let idx = self.prepare(req, kind, timeout, state)?;
         self.enqueue(idx)?;
-        self.reactor.notify();
+        if self.reactor.notify() {
+            self.stats.inc(C::wakeups);
+        }
         Ok(idx)
     }
 }
@@ -738,7 +740,9 @@ impl Batch {
         for &idx in &calls {
             submitted.push(self.shared.enqueue(idx));
         }
-        self.shared.reactor.notify();
+        if self.shared.reactor.notify() {
+            self.shared.stats.inc(C::wakeups);
+        }
         calls
             .into_iter()
             .zip(submitted)

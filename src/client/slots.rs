@@ -164,8 +164,9 @@ impl Slots {
 
     /// Reactor: stores the outcome of call `idx` and hands it to its caller (unparking a
     /// parked one), or recycles the slot when nobody holds it any more. `off_wire` says
-    /// whether the request's response can still come (false for a timeout).
-    pub fn complete(&self, idx: u32, outcome: Result<Vec<u8>, Error>, off_wire: bool) {
+    /// whether the request's response can still come (false for a timeout). True when a
+    /// parked caller had to be woken.
+    pub fn complete(&self, idx: u32, outcome: Result<Vec<u8>, Error>, off_wire: bool) -> bool {
         let slot = self.get(idx);
         slot.data().outcome = Some(outcome);
         let clear = if off_wire { WIRE } else { 0 };
@@ -182,8 +183,10 @@ impl Slots {
         } else if prev & WAITER != 0 {
             if let Some(t) = slot.data().waiter.take() {
                 t.unpark();
+                return true;
             }
         }
+        false
     }
 
     /// A buffer for a response payload, from the pool when one is there.

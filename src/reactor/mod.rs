@@ -58,12 +58,15 @@ pub(crate) struct ReactorShared {
 
 impl ReactorShared {
     /// Wakes the reactor if it may be asleep. Call after pushing work to one of its queues.
+    /// True when that took a wake-up syscall (the reactor had announced it would sleep).
     #[inline]
-    pub(crate) fn notify(&self) {
+    pub(crate) fn notify(&self) -> bool {
         fence(Ordering::SeqCst);
         if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::SeqCst) {
             let _ = self.waker.wake();
+            return true;
         }
+        false
     }
 }
 
@@ -474,6 +477,7 @@ impl Reactor {
         self.reading.clear();
 
         for (_, service) in self.services.iter_mut() {
+            service.stats().inc(C::turns);
             service.turn(&mut self.core);
         }
         self.fire_timers();

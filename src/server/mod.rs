@@ -417,19 +417,6 @@ impl ServerBuilder {
         let local: Vec<Address> = listeners.iter().map(Listener::local_addr).collect();
 
         let max_jobs = (self.workers * 64).max(64);
-        let (pool, worker_threads) = match self.workers {
-            0 => (None, Vec::new()),
-            n => {
-                let (pool, threads) = pool::Pool::start(
-                    n,
-                    max_jobs,
-                    handler.clone(),
-                    reactor.shared().clone(),
-                    &self.name,
-                )?;
-                (Some(pool), threads)
-            }
-        };
         let shared = Arc::new(ServerShared {
             stats: SharedStats::default(),
             shutdown: AtomicBool::new(false),
@@ -437,6 +424,14 @@ impl ServerBuilder {
             finished_cv: Condvar::new(),
             reactor: reactor.shared().clone(),
         });
+        let (pool, worker_threads) = match self.workers {
+            0 => (None, Vec::new()),
+            n => {
+                let (pool, threads) =
+                    pool::Pool::start(n, max_jobs, handler.clone(), shared.clone(), &self.name)?;
+                (Some(pool), threads)
+            }
+        };
         let cfg = Arc::new(ServerConfig {
             conn: self.conn,
             handler,

@@ -17,8 +17,8 @@ use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
 
-use super::{ConnInfo, HandlerFn, RequestCtx};
-use crate::reactor::ReactorShared;
+use super::{ConnInfo, HandlerFn, RequestCtx, ServerShared};
+use crate::stats::C;
 use crate::wire::frame::{self, FrameKind};
 
 /// Requests of one connection handed to a worker together.
@@ -144,7 +144,8 @@ pub(crate) struct Pool {
     done: ArrayQueue<Job>,
     workers: Box<[Worker]>,
     stop: AtomicBool,
-    reactor: Arc<ReactorShared>,
+    /// The server's shared state: its reactor's waker and its counters.
+    server: Arc<ServerShared>,
 }
 
 impl Pool {
@@ -153,7 +154,7 @@ impl Pool {
         n: usize,
         max_jobs: usize,
         handler: Arc<HandlerFn>,
-        reactor: Arc<ReactorShared>,
+        server: Arc<ServerShared>,
         name: &str,
     ) -> std::io::Result<(Arc<Pool>, Vec<JoinHandle<()>>)> {
         let pool = Arc::new(Pool {
@@ -167,7 +168,7 @@ impl Pool {
                 })
                 .collect(),
             stop: AtomicBool::new(false),
-            reactor,
+            server,
         });
         let mut handles = Vec::with_capacity(n);
         for i in 0..n {
@@ -202,10 +203,10 @@ impl Pool {
                 let mut finished = job;
                 while let Err(back) = self.done.push(finished) {
                     finished = back;
-                    self.reactor.notify();
+                    self.wake_reactor();
                     std::thread::yield_now();
                 }
-                self.reactor.notify();
+                self.wake_reactor();
                 continue;
             }
             if self.stop.load(Ordering::Acquire) {
@@ -223,6 +224,12 @@ impl Pool {
             while worker.sleeping.load(Ordering::Acquire) {
                 std::thread::park();
             }
+        }
+    }
+
+    fn wake_reactor(&self) {
+        if self.server.reactor.notify() {
+            self.server.stats.inc(C::wakeups);
         }
     }
 
@@ -263,6 +270,7 @@ impl Pool {
             if w.sleeping.load(Ordering::Relaxed) && w.sleeping.swap(false, Ordering::SeqCst) {
                 if let Some(t) = w.thread.get() {
                     t.unpark();
+                    self.server.stats.inc(C::wakeups);
                 }
                 break;
             }
