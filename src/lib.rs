@@ -99,6 +99,32 @@ attacks). Turn compression off on connections that carry both.
 
 "#
 )]
+//! # Typed calls
+//!
+//! [`Dispatcher`] serves named functions of serde types (encoded with bincode 2);
+//! [`FuncClient`] calls them with no copy of the server's registrations. Unknown names,
+//! undecodable arguments and the functions' own errors reach the caller as [`Error::Server`]
+//! with distinct texts. See [`typed`].
+//!
+//! ```
+//! # fn main() -> Result<(), batchrpc::Error> {
+//! use batchrpc::{Client, Dispatcher, FuncClient, Server};
+//! let mut d = Dispatcher::new();
+//! d.add_func("add", |(a, b): (i64, i64)| -> Result<i64, String> { Ok(a + b) });
+//! let server = Server::builder().handler(d.into_handler()).bind("127.0.0.1:0")?;
+//! let fc = FuncClient::new(Client::builder(server.local_addr()).connect()?);
+//! let sum: i64 = fc.call("add", &(2i64, 3i64))?;
+//! assert_eq!(sum, 5);
+//! # Ok(()) }
+//! ```
+//!
+//! # Statistics
+//!
+//! [`Client::stats`] and [`Server::stats`] return [`Stats`]: calls and errors by kind, bytes
+//! and syscalls, batches flushed and frames per write, reactor turns and thread wake-ups
+//! (the costs batching exists to cut), open connections and their buffer memory.
+//! [`Stats::since`] gives what happened between two snapshots.
+//!
 //! # Limits
 //!
 //! Everything is bounded: pending calls per client (`max_pending_requests`, then
