@@ -584,10 +584,13 @@ fn delays_and_stalls_slow_calls_down_and_lose_nothing() {
         wait_until(WAIT, "calls through the delay", || calls() >= before + 30);
         proxy.set_fault(Fault::None);
         for _ in 0..3 {
-            proxy.stall(Duration::from_millis(250));
+            // A pump already blocked in read() when the stall begins forwards that one chunk:
+            // let it land, then check that nothing moves in the middle of the stall.
+            proxy.stall(Duration::from_millis(450));
+            std::thread::sleep(Duration::from_millis(150));
             let before = calls();
-            std::thread::sleep(Duration::from_millis(100));
-            assert!(calls() <= before + 12, "calls went through a stall"); // those on the way
+            std::thread::sleep(Duration::from_millis(150));
+            assert_eq!(calls(), before, "calls went through a stall");
             wait_until(WAIT, "calls after the stall", || calls() >= before + 30);
         }
         stop.store(true, Ordering::SeqCst);
@@ -1453,12 +1456,13 @@ fn shutdown_under_load_answers_what_it_read_and_joins_its_threads() {
         let took = started.elapsed();
         let handled = server.stats().calls;
         assert_eq!(server.stats().open_connections, 0);
-        // The workers are joined by shutdown(); the reactor thread ends by itself right after
-        // (it is joined when the server is dropped).
-        assert_eq!(
-            threads_named("rb-shutdown-wor"),
-            0,
-            "workers left after shutdown()"
+        // The workers are joined by shutdown() (a joined thread can linger in /proc/self/task
+        // for a moment while the kernel reaps it); the reactor thread ends by itself right
+        // after (it is joined when the server is dropped).
+        wait_until(
+            Duration::from_secs(2),
+            "the joined workers to be gone",
+            || threads_named("rb-shutdown-wor") == 0,
         );
         wait_until(Duration::from_secs(2), "the reactor thread to end", || {
             threads_named("rb-shutdown") == 0
@@ -1470,9 +1474,13 @@ fn shutdown_under_load_answers_what_it_read_and_joins_its_threads() {
             total.made, total.ok, total.failed
         );
         assert_eq!(total.ok + total.failed(), total.made);
-        assert_eq!(
-            total.ok, handled,
-            "every request read is answered, every answer delivered"
+        // Every request the server read was answered and its answer written before the
+        // close; an answer is missing only where its caller had already timed out (1 s).
+        let timed_out = total.failed.get("timeout").copied().unwrap_or(0);
+        assert!(
+            total.ok <= handled && handled <= total.ok + timed_out,
+            "handled {handled}, answered {}, timed out {timed_out}",
+            total.ok
         );
         assert!(
             total.only_failed_with(&["connection_lost", "timeout"]),

@@ -131,6 +131,11 @@ fn answers_for_a_closed_connection_never_reach_its_successor() {
         wait_until(WAIT, "the handler to hold an old call", || {
             occupancy.current() >= 1
         });
+        // All three must be at the server before the old client goes: dropping a client
+        // discards what it has not written yet.
+        wait_until(WAIT, "the server to read the old calls", || {
+            server.stats().frames_read == 3
+        });
         drop(held);
         drop(old);
         wait_until(WAIT, "the server to see the old client leave", || {
