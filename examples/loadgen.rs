@@ -183,32 +183,34 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(total).map_err(|e| format!("{text:?}: {e}"))
 }
 
-/// Error kinds as counted and reported; `mismatch` is a response of the wrong length or
-/// content.
-const KINDS: [&str; 9] = [
+/// Error kinds as counted and reported: the library's names (`Error::kind`), then
+/// `mismatch`, a response of the wrong length or content.
+const KINDS: [&str; 16] = [
     "timeout",
     "overflow",
-    "conn_lost",
+    "connection_lost",
     "server",
+    "canceled",
     "closed",
-    "too_large",
+    "io",
     "protocol",
+    "connect",
+    "refused",
+    "too_large",
+    "config",
+    "encode",
+    "decode",
     "mismatch",
     "other",
 ];
-const MISMATCH: usize = 7;
+const MISMATCH: usize = 14;
 
 fn kind_of(e: &Error) -> usize {
-    match e {
-        Error::Timeout => 0,
-        Error::Overflow => 1,
-        Error::ConnectionLost(_) | Error::Io(_) | Error::Connect { .. } | Error::Refused(_) => 2,
-        Error::Server(_) => 3,
-        Error::Closed | Error::Canceled => 4,
-        Error::TooLarge { .. } => 5,
-        Error::Protocol(_) => 6,
-        _ => 8,
-    }
+    let kind = e.kind();
+    KINDS
+        .iter()
+        .position(|&k| k == kind)
+        .unwrap_or(KINDS.len() - 1)
 }
 
 type Counts = [u64; KINDS.len()];

@@ -304,34 +304,9 @@ struct Outcomes {
     misdelivered: u64,
 }
 
-/// The client-side error counters that count calls (not connections), plus the successes.
+/// The calls a client counted: successes and failures.
 fn counted_calls(s: &batchrpc::Stats) -> u64 {
-    let e = s.errors;
-    s.calls
-        + e.timeout
-        + e.overflow
-        + e.connection_lost
-        + e.server
-        + e.closed
-        + e.too_large
-        + e.codec
-}
-
-fn error_kind(e: &Error) -> &'static str {
-    match e {
-        Error::Timeout => "timeout",
-        Error::Overflow => "overflow",
-        Error::ConnectionLost(_) => "connection_lost",
-        Error::Server(_) => "server",
-        Error::Canceled => "canceled",
-        Error::Closed => "closed",
-        Error::TooLarge { .. } => "too_large",
-        Error::Io(_) => "io",
-        Error::Protocol(_) => "protocol",
-        Error::Connect { .. } => "connect",
-        Error::Refused(_) => "refused",
-        _ => "other",
-    }
+    s.calls + s.errors.failed_calls()
 }
 
 // ----- the server ---------------------------------------------------------------------------
@@ -515,7 +490,7 @@ impl Caller {
                     self.books
                         .anomaly(format!("call {}/{seq}: unexpected {e}", self.index));
                 }
-                *self.out.failed.entry(error_kind(e)).or_default() += 1;
+                *self.out.failed.entry(e.kind()).or_default() += 1;
             }
         }
         self.complete(seq);

@@ -70,6 +70,33 @@ impl Error {
         matches!(self, Error::Timeout)
     }
 
+    /// A short, stable name of the variant, for logs and metrics labels: `"timeout"`,
+    /// `"overflow"`, `"connection_lost"`, `"server"`, `"canceled"`, `"closed"`, `"io"`,
+    /// `"protocol"`, `"connect"`, `"refused"`, `"too_large"`, `"config"`, `"encode"`,
+    /// `"decode"`.
+    ///
+    /// ```
+    /// assert_eq!(batchrpc::Error::Timeout.kind(), "timeout");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Timeout => "timeout",
+            Error::Overflow => "overflow",
+            Error::ConnectionLost(_) => "connection_lost",
+            Error::Server(_) => "server",
+            Error::Canceled => "canceled",
+            Error::Closed => "closed",
+            Error::Io(_) => "io",
+            Error::Protocol(_) => "protocol",
+            Error::Connect { .. } => "connect",
+            Error::Refused(_) => "refused",
+            Error::TooLarge { .. } => "too_large",
+            Error::Config(_) => "config",
+            Error::Encode(_) => "encode",
+            Error::Decode(_) => "decode",
+        }
+    }
+
     /// The cause of a lost connection, following [`Error::ConnectionLost`] once.
     pub fn root_cause(&self) -> &Error {
         match self {

@@ -81,6 +81,20 @@ pub struct ErrorCounts {
     pub stale_responses: u64,
 }
 
+impl ErrorCounts {
+    /// Calls that failed, whatever the error: every counter but `protocol` (which counts
+    /// connections) and `stale_responses` (answers nobody waited for).
+    pub fn failed_calls(&self) -> u64 {
+        self.timeout
+            + self.overflow
+            + self.connection_lost
+            + self.server
+            + self.closed
+            + self.too_large
+            + self.codec
+    }
+}
+
 impl Stats {
     /// Mean frames per flush: how many calls one `write()` carried.
     pub fn frames_per_write(&self) -> f64 {

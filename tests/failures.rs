@@ -846,3 +846,41 @@ fn server_closes_bad_hellos_without_answering() {
         );
     });
 }
+
+/// A call made before the handshake told the client the server's limit (a reactor driven by
+/// hand, polled only afterwards) is still refused alone when it meets the connection.
+#[test]
+fn request_above_the_limit_learned_at_the_handshake_fails_alone() {
+    run(|| {
+        let mut reactor = batchrpc::Reactor::new().unwrap();
+        let server = support::echo_builder()
+            .workers(0)
+            .max_frame_len(1000)
+            .bind_on(&mut reactor, "127.0.0.1:0")
+            .unwrap();
+        let client = Client::builder(server.local_addr())
+            .connect_on(&mut reactor)
+            .unwrap();
+        let big = client.call_async(&[1u8; 2000]).unwrap();
+        let small = client.call_async(b"small").unwrap();
+        let deadline = Instant::now() + WAIT;
+        while !(big.is_done() && small.is_done()) {
+            assert!(Instant::now() < deadline, "calls did not complete");
+            reactor.poll_once(Some(Duration::from_millis(10))).unwrap();
+        }
+        assert!(matches!(
+            big.wait(),
+            Err(Error::TooLarge {
+                len: 2000,
+                max: 1000
+            })
+        ));
+        assert_eq!(&*small.wait().unwrap(), b"small");
+        let (c, s) = (client.stats(), server.stats());
+        assert_eq!(
+            (c.errors.too_large, c.errors.connection_lost, c.dials),
+            (1, 0, 1)
+        );
+        assert_eq!(s.errors.protocol, 0);
+    });
+}

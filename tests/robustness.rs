@@ -258,7 +258,7 @@ impl Tally {
                 );
                 self.ok += 1;
             }
-            Err(e) => *self.failed.entry(kind(&e)).or_default() += 1,
+            Err(e) => *self.failed.entry(e.kind()).or_default() += 1,
         }
     }
 
@@ -276,19 +276,6 @@ impl Tally {
 
     fn only_failed_with(&self, kinds: &[&str]) -> bool {
         self.failed.keys().all(|k| kinds.contains(k))
-    }
-}
-
-fn kind(e: &Error) -> &'static str {
-    match e {
-        Error::Timeout => "timeout",
-        Error::Overflow => "overflow",
-        Error::ConnectionLost(_) => "connection_lost",
-        Error::Server(_) => "server",
-        Error::Canceled => "canceled",
-        Error::Closed => "closed",
-        Error::TooLarge { .. } => "too_large",
-        _ => "other",
     }
 }
 
@@ -338,12 +325,6 @@ fn join_all(threads: Vec<JoinHandle<Tally>>) -> Tally {
         total.merge(&t.join().expect("caller thread"));
     }
     total
-}
-
-/// Client-side error counters that count calls (not connections).
-fn call_errors(s: &batchrpc::Stats) -> u64 {
-    let e = s.errors;
-    e.timeout + e.overflow + e.connection_lost + e.server + e.closed + e.too_large + e.codec
 }
 
 // ----- faults on the wire --------------------------------------------------------------------
@@ -438,7 +419,7 @@ fn server_restarted_repeatedly_under_load_every_call_completes_once() {
         );
         // The client's own books agree: each call counted once.
         assert_eq!(s.calls, total.ok);
-        assert_eq!(call_errors(&s), total.failed());
+        assert_eq!(s.errors.failed_calls(), total.failed());
         assert_eq!(client.pending_requests(), 0);
         assert!(s.dials >= 8, "the client redialed {} times", s.dials);
         // Every answer came from a server, and no request ran twice (nothing is resent):
@@ -1343,7 +1324,7 @@ fn slow_handlers_apply_backpressure_with_bounded_memory() {
                             sent.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(e) => {
-                            *tally.failed.entry(kind(&e)).or_default() += 1;
+                            *tally.failed.entry(e.kind()).or_default() += 1;
                             std::thread::sleep(Duration::from_micros(200));
                         }
                     }
@@ -1496,7 +1477,10 @@ fn shutdown_under_load_answers_what_it_read_and_joins_its_threads() {
         // The clients' own books: every call counted once (the `after` calls included).
         let counted: u64 = clients
             .iter()
-            .map(|c| c.stats().calls + call_errors(&c.stats()))
+            .map(|c| {
+                let s = c.stats();
+                s.calls + s.errors.failed_calls()
+            })
             .sum();
         assert_eq!(counted, total.made + clients.len() as u64);
     });

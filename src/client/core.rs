@@ -212,12 +212,27 @@ impl ClientCore {
                 continue;
             }
             let id = self.wire_id(idx, self.metas[idx as usize].gen);
-            let meta = &mut self.metas[idx as usize];
-            let kind = {
+            // The caller checked against the limit known then; the connection's peer has the
+            // last word (a call made before any handshake completed did not know it).
+            let max = ep.conn.peer_max_frame_len().unwrap_or(u32::MAX);
+            let sent = {
                 let d = self.shared.slots.get(idx).data();
-                ep.conn.send_frame(id, d.kind, &d.request);
-                d.kind
+                let fits = d.request.len() <= max as usize;
+                if fits {
+                    ep.conn.send_frame(id, d.kind, &d.request);
+                }
+                fits.then_some(d.kind).ok_or(d.request.len())
             };
+            let kind = match sent {
+                Ok(kind) => kind,
+                Err(len) => {
+                    self.deadlines.remove(idx);
+                    self.metas[idx as usize].state = CallState::Idle;
+                    self.complete(idx, Err(Error::TooLarge { len, max }), core.now);
+                    return true;
+                }
+            };
+            let meta = &mut self.metas[idx as usize];
             core.mark_dirty(token);
             if kind == FrameKind::RequestNoReply {
                 // Sent is done: the call completes once it is in the connection's batch.

@@ -102,10 +102,7 @@ impl ServerCore {
             return;
         }
         let Some(pool) = self.pool.clone() else {
-            let mut job = sc.job.take().expect("checked above");
-            job.run(&*self.cfg.handler, &mut self.scratch);
-            self.answer(&mut job, conn);
-            self.spare.push(job);
+            self.run_here(sc, conn, None);
             return;
         };
         // Jobs whose handlers are known to take less in all than a hand-off to a worker and
@@ -113,13 +110,11 @@ impl ServerCore {
         // workers share the load. A pipelined connection's jobs stay in order: inline only when
         // none of its jobs is at a worker.
         let nreq = sc.job.as_ref().map_or(0, |j| u64::from(j.nreq));
+        let in_order = !self.cfg.pipeline || sc.in_flight == 0;
         let cost = pool.cost_per_request().map(|c| c.saturating_mul(nreq));
-        if let Some(cost) = cost.filter(|&c| c <= self.inline_left_ns && sc.in_flight == 0) {
+        if let Some(cost) = cost.filter(|&c| c <= self.inline_left_ns && in_order) {
             self.inline_left_ns -= cost;
-            let mut job = sc.job.take().expect("checked above");
-            pool.run_timed(&mut job, &*self.cfg.handler, &mut self.scratch);
-            self.answer(&mut job, conn);
-            self.spare.push(job);
+            self.run_here(sc, conn, Some(&pool));
             return;
         }
         if self.jobs_out < self.cfg.max_jobs {
@@ -136,6 +131,20 @@ impl ServerCore {
             sc.awaiting_worker = true;
             self.awaiting_worker.push_back(token);
         }
+    }
+
+    /// Runs the connection's accumulated requests on the reactor thread and queues the answers
+    /// (timed by `pool`, when there is one, to keep its cost estimate current).
+    fn run_here(&mut self, sc: &mut ServerConn, conn: &mut Conn, pool: Option<&Pool>) {
+        let Some(mut job) = sc.job.take() else {
+            return;
+        };
+        match pool {
+            Some(pool) => pool.run_timed(&mut job, &*self.cfg.handler, &mut self.scratch),
+            None => job.run(&*self.cfg.handler, &mut self.scratch),
+        }
+        self.answer(&mut job, conn);
+        self.spare.push(job);
     }
 
     /// Dispatches the requests of connections that waited for a job slot.

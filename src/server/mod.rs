@@ -427,8 +427,14 @@ impl ServerBuilder {
         let (pool, worker_threads) = match self.workers {
             0 => (None, Vec::new()),
             n => {
-                let (pool, threads) =
-                    pool::Pool::start(n, max_jobs, handler.clone(), shared.clone(), &self.name)?;
+                let (pool, threads) = pool::Pool::start(
+                    n,
+                    max_jobs,
+                    handler.clone(),
+                    shared.clone(),
+                    !self.inline_budget.is_zero(),
+                    &self.name,
+                )?;
                 (Some(pool), threads)
             }
         };
