@@ -118,6 +118,13 @@ attacks). Turn compression off on connections that carry both.
 //! # Ok(()) }
 //! ```
 //!
+//! # Talking to Go's fastrpc
+//!
+//! [`fastrpc::Client`] calls Go `fastrpc.Server`s that speak `tlv` messages, and
+//! [`fastrpc::Server`] answers Go `fastrpc.Client`s, byte for byte: a second wire profile on
+//! the same reactor, with the same batching, compression, TLS, deadlines and statistics. A
+//! call is a name and a value; the answer is a value. See [`fastrpc`].
+//!
 //! # Statistics
 //!
 //! [`Client::stats`] and [`Server::stats`] return [`Stats`]: calls and errors by kind, bytes
@@ -175,6 +182,7 @@ attacks). Turn compression off on connections that carry both.
 //!   never touches a socket, a thread or a clock, so it is unit-tested and fuzzed on its own.
 //! - [`Reactor`]: the only place that does I/O.
 //! - [`Server`], [`Client`]: the handles, their reactor sides, the worker pool.
+//! - [`fastrpc`]: the same client and server speaking Go's fastrpc wire format.
 //!
 //! [mio]: https://docs.rs/mio
 #![forbid(unsafe_code)]
@@ -182,6 +190,7 @@ attacks). Turn compression off on connections that carry both.
 
 mod client;
 mod error;
+pub mod fastrpc;
 mod reactor;
 mod server;
 pub mod stats;

@@ -326,38 +326,9 @@ impl ClientCore {
             }
         }
     }
-}
 
-impl Service for ClientCore {
-    fn stats(&self) -> &SharedStats {
-        &self.shared.stats
-    }
-
-    fn on_open(&mut self, token: usize, ep: &mut ConnEp) -> Result<(), Error> {
-        let ConnRole::Client { slot } = ep.role else {
-            unreachable!("server connection given to a client");
-        };
-        if let Some(hook) = &self.cfg.on_connect {
-            let mut info = ConnInfo::new(ep.peer.clone(), ep.id);
-            info.learn_handshake(&ep.conn);
-            hook(&info).map_err(Error::Refused)?;
-        }
-        let link = &mut self.links[slot];
-        debug_assert_eq!(link.token, Some(token));
-        link.open = true;
-        link.backoff = self.cfg.backoff_min;
-        if let Some(peer_max) = ep.conn.peer_max_frame_len() {
-            self.shared
-                .send_limit
-                .fetch_min(peer_max, Ordering::Relaxed);
-        }
-        self.shared.stats.inc(C::open_connections);
-        self.opened_once = true;
-        self.shared.report_ready(Ok(()));
-        Ok(())
-    }
-
-    fn on_frames(
+    /// Completes the calls whose responses the connection has decoded.
+    fn take_responses(
         &mut self,
         token: usize,
         ep: &mut ConnEp,
@@ -396,6 +367,52 @@ impl Service for ClientCore {
             self.complete(idx, outcome, now);
         }
         Ok(())
+    }
+}
+
+impl Service for ClientCore {
+    fn stats(&self) -> &SharedStats {
+        &self.shared.stats
+    }
+
+    fn on_open(&mut self, token: usize, ep: &mut ConnEp) -> Result<(), Error> {
+        let ConnRole::Client { slot } = ep.role else {
+            unreachable!("server connection given to a client");
+        };
+        if let Some(hook) = &self.cfg.on_connect {
+            let mut info = ConnInfo::new(ep.peer.clone(), ep.id);
+            info.learn_handshake(&ep.conn);
+            hook(&info).map_err(Error::Refused)?;
+        }
+        let link = &mut self.links[slot];
+        debug_assert_eq!(link.token, Some(token));
+        link.open = true;
+        link.backoff = self.cfg.backoff_min;
+        if let Some(peer_max) = ep.conn.peer_max_frame_len() {
+            self.shared
+                .send_limit
+                .fetch_min(peer_max, Ordering::Relaxed);
+        }
+        self.shared.stats.inc(C::open_connections);
+        self.opened_once = true;
+        self.shared.report_ready(Ok(()));
+        Ok(())
+    }
+
+    fn on_frames(
+        &mut self,
+        token: usize,
+        ep: &mut ConnEp,
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
+        // The fastrpc profile's connections drop unmatched responses themselves.
+        let discarded = ep.conn.counters().discarded;
+        let taken = self.take_responses(token, ep, now);
+        let stale = ep.conn.counters().discarded - discarded;
+        if stale > 0 {
+            self.shared.stats.add(C::stale_responses, stale);
+        }
+        taken
     }
 
     fn turn(&mut self, core: &mut Core) {

@@ -18,7 +18,7 @@ use crossbeam_queue::ArrayQueue;
 use crate::reactor::{self, Reactor, ReactorShared};
 use crate::stats::{SharedStats, Stats, C};
 use crate::transport::{Address, CustomStream, Stream, ToAddress};
-use crate::wire::conn::{ConnConfig, Role};
+use crate::wire::conn::{ConnConfig, Profile, Role};
 use crate::wire::frame::FrameKind;
 use crate::{Compression, ConnInfo, Error, Result};
 use slots::{Slots, CALLER, REACTOR};
@@ -96,7 +96,13 @@ impl ClientShared {
     }
 
     /// Takes a slot and writes the request into it (not yet submitted).
-    fn prepare(&self, req: &[u8], kind: FrameKind, timeout: Duration, state: u32) -> Result<u32> {
+    fn prepare(
+        &self,
+        req: Body<'_>,
+        kind: FrameKind,
+        timeout: Duration,
+        state: u32,
+    ) -> Result<u32> {
         let max = self.send_limit.load(Ordering::Relaxed);
         if req.len() > max as usize {
             let e = Error::TooLarge {
@@ -115,20 +121,49 @@ impl ClientShared {
             return Err(Error::Overflow);
         };
         let mut d = self.slots.get(idx).data();
-        d.request.extend_from_slice(req);
+        req.write_to(&mut d.request);
         d.kind = kind;
         d.timeout = timeout;
         d.submitted = Instant::now();
         Ok(idx)
     }
 
-    fn submit(&self, req: &[u8], kind: FrameKind, timeout: Duration, state: u32) -> Result<u32> {
+    fn submit(&self, req: Body<'_>, kind: FrameKind, timeout: Duration, state: u32) -> Result<u32> {
         let idx = self.prepare(req, kind, timeout, state)?;
         self.enqueue(idx)?;
         if self.reactor.notify() {
             self.stats.inc(C::wakeups);
         }
         Ok(idx)
+    }
+}
+
+/// What a call sends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Body<'a> {
+    /// The request, as it is.
+    Bytes(&'a [u8]),
+    /// The fastrpc profile's `tlv` body, name and value each checked against
+    /// [`crate::wire::fastrpc::MAX_FIELD_LEN`] by the caller.
+    Tlv(&'a [u8], &'a [u8]),
+}
+
+impl Body<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Body::Bytes(req) => req.len(),
+            Body::Tlv(name, value) => 8 + name.len() + value.len(),
+        }
+    }
+
+    fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Body::Bytes(req) => out.extend_from_slice(req),
+            Body::Tlv(name, value) => {
+                // The fields were checked: this writes.
+                let _ = crate::wire::fastrpc::encode_request_body(out, name, value);
+            }
+        }
     }
 }
 
@@ -280,6 +315,12 @@ impl ClientBuilder {
     /// Names the reactor thread (default `batchrpc-client`).
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
+        self
+    }
+
+    /// The wire profile (native unless [`crate::fastrpc`] sets another).
+    pub(crate) fn profile(mut self, profile: Profile) -> Self {
+        self.conn.profile = profile;
         self
     }
 
@@ -509,6 +550,22 @@ impl Client {
 
     /// [`Client::call_async`] with its own deadline.
     pub fn call_async_timeout(&self, req: &[u8], timeout: Duration) -> Result<PendingCall> {
+        self.start(Body::Bytes(req), timeout)
+    }
+
+    /// The request timeout.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.shared().request_timeout
+    }
+
+    /// Counts a call refused before it was submitted, and hands its error back.
+    pub(crate) fn refuse(&self, e: Error) -> Error {
+        self.shared().stats.error(&e);
+        e
+    }
+
+    /// Submits a call; its outcome is taken from the handle.
+    pub(crate) fn start(&self, req: Body<'_>, timeout: Duration) -> Result<PendingCall> {
         let shared = self.shared();
         let idx = shared.submit(req, FrameKind::Request, timeout, CALLER | REACTOR)?;
         Ok(PendingCall {
@@ -521,6 +578,11 @@ impl Client {
     /// Sends a request that wants no response (fire and forget). Returns once the request is
     /// queued; it is written with the next batch.
     pub fn send(&self, req: &[u8]) -> Result<()> {
+        self.send_body(Body::Bytes(req))
+    }
+
+    /// Submits a call that wants no response.
+    pub(crate) fn send_body(&self, req: Body<'_>) -> Result<()> {
         let shared = self.shared();
         shared.submit(
             req,
@@ -716,9 +778,12 @@ impl Batch {
     /// Adds a call. Fails at once, for this call only, with [`Error::TooLarge`],
     /// [`Error::Overflow`] or [`Error::Closed`].
     pub fn add(&mut self, req: &[u8]) -> Result<()> {
-        let idx = self
-            .shared
-            .prepare(req, FrameKind::Request, self.timeout, CALLER | REACTOR)?;
+        let idx = self.shared.prepare(
+            Body::Bytes(req),
+            FrameKind::Request,
+            self.timeout,
+            CALLER | REACTOR,
+        )?;
         self.calls.push(idx);
         Ok(())
     }

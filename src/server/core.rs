@@ -10,7 +10,7 @@ use super::{ConnInfo, ServerConfig, ServerShared};
 use crate::reactor::{ConnEp, ConnRole, Core, Service};
 use crate::stats::{SharedStats, C};
 use crate::transport::Stream;
-use crate::wire::conn::Conn;
+use crate::wire::conn::{Conn, Profile};
 use crate::wire::ProtocolError;
 use crate::Error;
 
@@ -352,6 +352,7 @@ impl Service for ServerCore {
         let pipeline = self.cfg.pipeline;
         let conn_id = ep.id;
         // Responses above what the client accepts become error responses (see `Job::run`).
+        let fastrpc = matches!(self.cfg.conn.profile, Profile::Fastrpc(_));
         let max_response = ep
             .conn
             .peer_max_frame_len()
@@ -371,6 +372,7 @@ impl Service for ServerCore {
                 if sc.job.is_none() {
                     let mut job = self.take_job(token, conn_id, &sc.info);
                     job.max_response = max_response;
+                    job.fastrpc = fastrpc;
                     sc.job = Some(job);
                 }
                 let job = sc.job.as_mut().expect("just set");

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::reactor::{self, Reactor, ReactorShared};
 use crate::stats::{SharedStats, Stats};
 use crate::transport::{Address, CustomListener, Listener, ToAddress};
-use crate::wire::conn::{ConnConfig, Role};
+use crate::wire::conn::{ConnConfig, Profile, Role};
 use crate::{Compression, Error, Result};
 
 /// What a handler returns on failure: any error; its text reaches the caller as
@@ -374,6 +374,12 @@ impl ServerBuilder {
     /// Names the reactor and worker threads (default `batchrpc-server`).
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
+        self
+    }
+
+    /// The wire profile (native unless [`crate::fastrpc`] sets another).
+    pub(crate) fn profile(mut self, profile: Profile) -> Self {
+        self.conn.profile = profile;
         self
     }
 

@@ -19,6 +19,7 @@ use crossbeam_queue::ArrayQueue;
 
 use super::{ConnInfo, HandlerFn, RequestCtx, ServerShared};
 use crate::stats::C;
+use crate::wire::fastrpc;
 use crate::wire::frame::{self, FrameKind};
 
 /// Requests of one connection handed to a worker together.
@@ -36,6 +37,8 @@ pub(crate) struct Job {
     pub failed: u32,
     /// Largest response the client accepts (from its hello).
     pub max_response: u32,
+    /// Responses are framed for the fastrpc profile: no error frames, an error is the value.
+    pub fastrpc: bool,
 }
 
 impl Job {
@@ -50,6 +53,7 @@ impl Job {
             nresp: 0,
             failed: 0,
             max_response: u32::MAX,
+            fastrpc: false,
         }
     }
 
@@ -77,7 +81,8 @@ impl Job {
     /// Runs the handler on every request, framing the answers into `responses`. A handler
     /// error or panic becomes an error response; a response above `max_response` (what the client
     /// accepts) becomes one too, rather than a frame the client would have to drop the
-    /// connection for.
+    /// connection for. The fastrpc profile has no error responses: there the error's text is
+    /// the response's value.
     pub fn run(&mut self, handler: &HandlerFn, scratch: &mut Vec<u8>) {
         let max_len = self.max_response;
         let mut rest = &self.requests[..];
@@ -92,14 +97,24 @@ impl Job {
                 }
                 continue;
             }
-            let at = frame::begin(&mut self.responses, f.id, FrameKind::Response);
+            let at = if self.fastrpc {
+                fastrpc::begin_response(&mut self.responses, f.id)
+            } else {
+                frame::begin(&mut self.responses, f.id, FrameKind::Response)
+            };
+            let value_at = self.responses.len();
+            let failed = !matches!(outcome, Ok(Ok(()))) || scratch.len() > max_len as usize;
+            if failed {
+                self.failed += 1;
+                if !self.fastrpc {
+                    frame::set_kind(&mut self.responses, at, FrameKind::ErrorResponse);
+                }
+            }
             match outcome {
                 Ok(Ok(())) if scratch.len() <= max_len as usize => {
                     self.responses.extend_from_slice(scratch);
                 }
                 Ok(Ok(())) => {
-                    self.failed += 1;
-                    frame::set_kind(&mut self.responses, at, FrameKind::ErrorResponse);
                     let text = format!(
                         "response of {} bytes exceeds the frame limit of {max_len}",
                         scratch.len()
@@ -107,14 +122,10 @@ impl Job {
                     self.responses.extend_from_slice(text.as_bytes());
                 }
                 Ok(Err(e)) => {
-                    self.failed += 1;
-                    frame::set_kind(&mut self.responses, at, FrameKind::ErrorResponse);
                     use std::io::Write;
                     let _ = write!(self.responses, "{e}");
                 }
                 Err(panic) => {
-                    self.failed += 1;
-                    frame::set_kind(&mut self.responses, at, FrameKind::ErrorResponse);
                     let what = panic
                         .downcast_ref::<&str>()
                         .copied()
@@ -124,7 +135,13 @@ impl Job {
                     self.responses.extend_from_slice(what.as_bytes());
                 }
             }
-            frame::finish(&mut self.responses, at);
+            // Even an error's text must stay within what the client accepts.
+            self.responses.truncate(value_at + max_len as usize);
+            if self.fastrpc {
+                fastrpc::finish_response(&mut self.responses, at);
+            } else {
+                frame::finish(&mut self.responses, at);
+            }
             self.nresp += 1;
         }
     }

@@ -106,6 +106,40 @@ impl fmt::Display for Compression {
     }
 }
 
+/// Parses `none`, `flate` or `snappy` (any case): the names [`Compression`] displays as.
+///
+/// ```
+/// use batchrpc::Compression;
+/// assert_eq!("Snappy".parse::<Compression>().unwrap(), Compression::Snappy);
+/// assert!("zstd".parse::<Compression>().is_err());
+/// ```
+impl std::str::FromStr for Compression {
+    type Err = UnknownCompressionName;
+
+    fn from_str(name: &str) -> Result<Compression, UnknownCompressionName> {
+        [Compression::None, Compression::Flate, Compression::Snappy]
+            .into_iter()
+            .find(|c| name.eq_ignore_ascii_case(&c.to_string()))
+            .ok_or_else(|| UnknownCompressionName(name.to_owned()))
+    }
+}
+
+/// A name that is not `none`, `flate` or `snappy` (from [`Compression`]'s `FromStr`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownCompressionName(pub String);
+
+impl fmt::Display for UnknownCompressionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown compression {:?}: expected none, flate or snappy",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownCompressionName {}
+
 /// Default flate level: 1 (fast). Valid 0..=9.
 pub const DEFAULT_FLATE_LEVEL: u32 = 1;
 

@@ -56,7 +56,9 @@
 //! contiguous chunk for one `write()` — when the batch delay is zero, when the batch reaches
 //! the size threshold, or when the delay armed by the batch's first frame has passed.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 #[cfg(feature = "tls")]
 use std::io::{Read, Write};
 #[cfg(feature = "tls")]
@@ -65,6 +67,7 @@ use std::time::{Duration, Instant};
 
 use super::buffer::RecvBuf;
 use super::compress::{self, Compression, Decoder, Encoder};
+use super::fastrpc::{self, FastrpcSettings, IdAllocator};
 use super::frame::{self, Frame, FrameKind};
 use super::handshake::{self, Hello, TlsPolicy, HELLO_LEN};
 use super::tls::{TlsError, TlsErrorKind};
@@ -79,16 +82,42 @@ pub enum Role {
     Server,
 }
 
+/// The wire format a connection speaks: its handshake and its frames. Both ends must speak
+/// the same one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Profile {
+    /// batchrpc's own: the 11-byte hello ([`handshake`]), repeated inside TLS, and 9-byte
+    /// frame headers ([`frame`]) with error responses.
+    #[default]
+    Native,
+    /// Go's fastrpc with `tlv` messages ([`fastrpc`]): the sniff/version/compression/tls block
+    /// in clear (not repeated inside TLS), requests `id | payload`, responses
+    /// `id | value_len | value`, no error frames (an error is the value's text).
+    ///
+    /// What the owner sees stays the same: a server gets each request's `tlv` payload
+    /// (`name_len | name | value_len | value`) as a [`FrameKind::Request`] frame
+    /// ([`FrameKind::RequestNoReply`] for id 0), and a client sends that payload with
+    /// [`Conn::send_frame`] under its own ids and gets each response's value back under the
+    /// same id. The connection numbers the calls on the wire itself (1, 2, 3, … skipping 0
+    /// and any id still outstanding) and reads and discards responses with id 0 or an unknown
+    /// id ([`Counters::discarded`]).
+    Fastrpc(FastrpcSettings),
+}
+
 /// Settings of one connection.
 #[derive(Debug, Clone)]
 pub struct ConnConfig {
     /// Client or server.
     pub role: Role,
+    /// The wire format. Default: [`Profile::Native`].
+    pub profile: Profile,
     /// What this side compresses its stream with. Default: none.
     pub compression: Compression,
     /// Flate level 0..=9. Default: [`compress::DEFAULT_FLATE_LEVEL`] (1, fast).
     pub flate_level: u32,
     /// Largest payload accepted from the peer. Default: [`frame::DEFAULT_MAX_FRAME_LEN`].
+    /// [`Profile::Fastrpc`] has its own fixed limits ([`fastrpc::MAX_FIELD_LEN`] per name
+    /// and value) and ignores this.
     pub max_frame_len: u32,
     /// How long a batch may wait for more frames, counted from the first
     /// [`Conn::poll_transmit`] that sees it (the end of the turn that queued its first frame).
@@ -120,6 +149,7 @@ impl ConnConfig {
     pub fn new(role: Role) -> ConnConfig {
         ConnConfig {
             role,
+            profile: Profile::Native,
             compression: Compression::None,
             flate_level: compress::DEFAULT_FLATE_LEVEL,
             max_frame_len: frame::DEFAULT_MAX_FRAME_LEN,
@@ -172,6 +202,10 @@ pub struct Counters {
     pub frames_out: u64,
     /// Batches flushed (each is one contiguous chunk of output).
     pub flushes: u64,
+    /// Responses read and dropped because no call of this connection waits for their id
+    /// (fastrpc profile: id 0, or an id never sent or already answered). Native clients
+    /// receive such frames through [`Conn::poll_frame`] and judge them themselves.
+    pub discarded: u64,
 }
 
 /// Smallest free room offered to a read; grows while reads fill it.
@@ -202,9 +236,11 @@ pub struct Conn {
     /// A compressed batch on its way into rustls (TLS with compression only).
     #[cfg(feature = "tls")]
     sealed: Vec<u8>,
-    /// TLS: this side's hello has been repeated inside TLS.
+    /// TLS: this side's hello has been repeated inside TLS (native profile only).
     #[cfg(feature = "tls")]
     hello_repeated: bool,
+    /// Fastrpc client: the wire ids of the calls waiting for a response.
+    call_ids: Option<Box<CallIds>>,
     recv_hint: usize,
     /// Bytes of the frame last returned by `poll_frame`, consumed on the next call.
     returned: usize,
@@ -224,6 +260,52 @@ pub struct Conn {
     /// The handshake completed (the connection has been open).
     handshake_complete: bool,
     counters: Counters,
+}
+
+/// Fastrpc client: which wire id stands for which of the owner's ids, for the calls of one
+/// connection that wait for a response (including timed-out ones whose answer may still come:
+/// their ids are not reused until it does or the connection closes).
+#[derive(Default)]
+struct CallIds {
+    next: IdAllocator,
+    outstanding: HashMap<u32, u32, BuildHasherDefault<IdHasher>>,
+}
+
+impl CallIds {
+    /// A wire id for the owner's call `id`.
+    fn insert(&mut self, id: u32) -> u32 {
+        let outstanding = &self.outstanding;
+        let wire_id = self.next.next(|w| outstanding.contains_key(&w));
+        self.outstanding.insert(wire_id, id);
+        wire_id
+    }
+
+    /// The owner's id for a response's wire id, which is no longer outstanding; `None` for id
+    /// 0 or an id not outstanding.
+    fn take(&mut self, wire_id: u32) -> Option<u32> {
+        self.outstanding.remove(&wire_id)
+    }
+}
+
+/// Hashes the `u32` keys of [`CallIds`] with one multiplication (Fibonacci hashing): the keys
+/// are sequential, not chosen by the peer (an unknown id is only looked up, never stored).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u32(u32::from(b) ^ (self.0 as u32).rotate_left(8));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 impl fmt::Debug for Conn {
@@ -258,6 +340,7 @@ impl Conn {
             sealed: Vec::new(),
             #[cfg(feature = "tls")]
             hello_repeated: false,
+            call_ids: None,
             recv_hint: MIN_RECV,
             returned: 0,
             eof: false,
@@ -276,9 +359,10 @@ impl Conn {
         };
         if conn.cfg.role == Role::Client {
             let wants_tls = conn.cfg.tls != TlsPolicy::Off;
-            let hello = Hello::new(conn.cfg.compression, wants_tls)
-                .with_max_frame_len(conn.cfg.max_frame_len);
-            conn.out.extend_from_slice(&hello.encode());
+            conn.write_hello(wants_tls);
+            if matches!(conn.cfg.profile, Profile::Fastrpc(_)) {
+                conn.call_ids = Some(Box::default());
+            }
         }
         conn
     }
@@ -434,8 +518,28 @@ impl Conn {
     ///
     /// The caller has checked the payload against the peer's limit; frames queued before the
     /// handshake completes go out after it.
+    ///
+    /// With [`Profile::Fastrpc`], a request's payload is its `tlv` body and `id` is the
+    /// owner's: the connection sends it under a wire id of its own (0 for
+    /// [`FrameKind::RequestNoReply`]) and answers it under `id` again. An error response goes
+    /// out as a plain response whose value is the payload: fastrpc has no error frames.
     pub fn send_frame(&mut self, id: u32, kind: FrameKind, payload: &[u8]) {
-        frame::encode(&mut self.pending, id, kind, payload);
+        match self.cfg.profile {
+            Profile::Native => frame::encode(&mut self.pending, id, kind, payload),
+            Profile::Fastrpc(_) => {
+                let wire_id = match (kind, self.call_ids.as_deref_mut()) {
+                    (FrameKind::RequestNoReply, _) => 0,
+                    (FrameKind::Request, Some(ids)) => ids.insert(id),
+                    _ => id,
+                };
+                self.pending.extend_from_slice(&wire_id.to_le_bytes());
+                if !kind.is_request() {
+                    self.pending
+                        .extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                }
+                self.pending.extend_from_slice(payload);
+            }
+        }
         self.pending_frames += 1;
     }
 
@@ -503,22 +607,32 @@ impl Conn {
         if self.state != State::Open {
             return Ok(None);
         }
-        let max = self.cfg.max_frame_len;
         loop {
-            let decoded = frame::decode(self.stream(compressed).filled(), max)
-                .map(|f| f.map(|f| (f.id, f.kind, f.wire_len())));
-            let (id, kind, len) = match decoded {
+            let (id, kind, start, len) = match self.decode_frame(compressed) {
                 Ok(Some(header)) => header,
                 Ok(None) if compressed && self.decompress_step()? => continue,
                 Ok(None) => return self.at_end_of_input(compressed).map(|()| None),
-                Err(e) => return Err(self.fail(e.into())),
+                Err(e) => return Err(self.fail(e)),
             };
             if kind.is_request() != (self.cfg.role == Role::Server) {
                 return Err(self.fail(ProtocolError::UnexpectedKind(kind)));
             }
-            self.returned = len;
             self.counters.frames_in += 1;
-            let payload = &self.stream(compressed).filled()[frame::HEADER_LEN..len];
+            let id = match self.call_ids.as_deref_mut() {
+                None => id,
+                Some(ids) => match ids.take(id) {
+                    Some(id) => id,
+                    None => {
+                        // Id 0 (a Go server's overload answer to a no-response call) or a
+                        // call this connection no longer waits for: read past it.
+                        self.counters.discarded += 1;
+                        self.stream_mut(compressed).consume(len);
+                        continue;
+                    }
+                },
+            };
+            self.returned = len;
+            let payload = &self.stream(compressed).filled()[start..len];
             return Ok(Some(Frame { id, kind, payload }));
         }
     }
@@ -552,6 +666,39 @@ impl Conn {
     }
 
     // ----- internals -----
+
+    /// The next frame in the peer's stream, if a whole one is buffered: its id, kind, where
+    /// its payload starts, and the bytes it takes.
+    #[allow(clippy::type_complexity)]
+    fn decode_frame(
+        &self,
+        compressed: bool,
+    ) -> Result<Option<(u32, FrameKind, usize, usize)>, ProtocolError> {
+        let buf = self.stream(compressed).filled();
+        Ok(match (&self.cfg.profile, self.cfg.role) {
+            (Profile::Native, _) => frame::decode(buf, self.cfg.max_frame_len)?
+                .map(|f| (f.id, f.kind, frame::HEADER_LEN, f.wire_len())),
+            (Profile::Fastrpc(_), Role::Server) => {
+                fastrpc::decode_request(buf)?.map(|(req, len)| {
+                    let kind = match req.id {
+                        0 => FrameKind::RequestNoReply,
+                        _ => FrameKind::Request,
+                    };
+                    (req.id, kind, fastrpc::ID_LEN, len)
+                })
+            }
+            (Profile::Fastrpc(_), Role::Client) => {
+                fastrpc::decode_response(buf)?.map(|(resp, len)| {
+                    (
+                        resp.id,
+                        FrameKind::Response,
+                        fastrpc::RESPONSE_OVERHEAD,
+                        len,
+                    )
+                })
+            }
+        })
+    }
 
     fn set_state(&mut self, state: State) {
         if self.state != state {
@@ -616,7 +763,12 @@ impl Conn {
             return Ok(false);
         };
         let waiting = self.plain.filled();
-        let need = match waiting.get(5..frame::HEADER_LEN) {
+        // (A fastrpc frame is assembled in steps of DECODE_STEP: at most 2 MiB, 32 steps.)
+        let header = match self.cfg.profile {
+            Profile::Native => waiting.get(5..frame::HEADER_LEN),
+            Profile::Fastrpc(_) => None,
+        };
+        let need = match header {
             Some(len) => {
                 let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
                 (frame::HEADER_LEN + len).saturating_sub(waiting.len())
@@ -658,15 +810,15 @@ impl Conn {
     }
 
     fn read_hello(&mut self) {
-        let hello = match handshake::decode(self.raw.filled()) {
-            Ok(Some(hello)) => hello,
+        let (hello, len, deferred) = match self.decode_hello() {
+            Ok(Some(decoded)) => decoded,
             Ok(None) => return,
             Err(e) => {
-                self.fail(ProtocolError::Handshake(e));
+                self.fail(e);
                 return;
             }
         };
-        self.raw.consume(HELLO_LEN);
+        self.raw.consume(len);
         self.peer = Some(hello);
         let agreed = match self.cfg.role {
             Role::Server => {
@@ -676,14 +828,12 @@ impl Conn {
                     Ok(tls) => tls,
                     Err(_) => self.cfg.tls == TlsPolicy::Required,
                 };
-                let answer = Hello::new(self.cfg.compression, tls_byte)
-                    .with_max_frame_len(self.cfg.max_frame_len);
-                self.out.extend_from_slice(&answer.encode());
+                self.write_hello(tls_byte);
                 agreed
             }
             Role::Client => handshake::accept_server_tls(self.cfg.tls != TlsPolicy::Off, hello.tls),
         };
-        match agreed {
+        match deferred.and(agreed) {
             Ok(true) => self.start_tls(),
             Ok(false) => self.open(hello),
             Err(e) if self.cfg.role == Role::Server => {
@@ -691,6 +841,57 @@ impl Conn {
             }
             Err(e) => {
                 self.fail(ProtocolError::Handshake(e));
+            }
+        }
+    }
+
+    /// The peer's hello, if all of it is at the start of `raw`: the hello, the bytes it takes,
+    /// and an error that closes the connection once the exchange is complete (fastrpc: a
+    /// compression this side cannot decode does not stop the server from answering).
+    ///
+    /// A fastrpc block is told as a native [`Hello`] whose frame limit is what the fastrpc
+    /// peer accepts (see [`fastrpc::max_payload`]).
+    #[allow(clippy::type_complexity)]
+    fn decode_hello(
+        &self,
+    ) -> Result<Option<(Hello, usize, Result<(), handshake::HandshakeError>)>, ProtocolError> {
+        let settings = match &self.cfg.profile {
+            Profile::Native => {
+                let hello = handshake::decode(self.raw.filled())?;
+                return Ok(hello.map(|h| (h, HELLO_LEN, Ok(()))));
+            }
+            Profile::Fastrpc(settings) => settings,
+        };
+        let Some(theirs) = fastrpc::decode_hello(settings, self.raw.filled())? else {
+            return Ok(None);
+        };
+        let compression = match theirs.compression() {
+            Some(c) if c.is_available() => Ok(c),
+            Some(c) => Err(handshake::HandshakeError::CompressionUnavailable(c)),
+            None => Err(handshake::HandshakeError::UnknownCompression(
+                theirs.compression,
+            )),
+        };
+        let peer_role = match self.cfg.role {
+            Role::Client => Role::Server,
+            Role::Server => Role::Client,
+        };
+        let hello = Hello::new(compression.unwrap_or(Compression::None), theirs.tls)
+            .with_max_frame_len(fastrpc::max_payload(peer_role == Role::Server));
+        Ok(Some((hello, settings.hello_len(), compression.map(drop))))
+    }
+
+    /// Queues this side's hello: a client's says whether it wants TLS, a server's answer
+    /// whether TLS runs (or, refusing, what it requires).
+    fn write_hello(&mut self, tls: bool) {
+        match &self.cfg.profile {
+            Profile::Native => {
+                let hello = Hello::new(self.cfg.compression, tls)
+                    .with_max_frame_len(self.cfg.max_frame_len);
+                self.out.extend_from_slice(&hello.encode());
+            }
+            Profile::Fastrpc(settings) => {
+                fastrpc::encode_hello(settings, self.cfg.compression, tls, &mut self.out);
             }
         }
     }
@@ -823,6 +1024,11 @@ impl Conn {
             if self.eof {
                 self.fail(ProtocolError::Truncated);
             }
+            return;
+        }
+        if matches!(self.cfg.profile, Profile::Fastrpc(_)) {
+            // Go's fastrpc does not repeat its handshake block inside TLS.
+            self.open(peer);
             return;
         }
         if !self.hello_repeated {
@@ -1249,7 +1455,8 @@ mod tests {
                 Counters {
                     frames_in: 0,
                     frames_out: 2,
-                    flushes: 1
+                    flushes: 1,
+                    discarded: 0,
                 }
             );
             assert_eq!(
@@ -1257,7 +1464,8 @@ mod tests {
                 Counters {
                     frames_in: 2,
                     frames_out: 0,
-                    flushes: 0
+                    flushes: 0,
+                    discarded: 0,
                 }
             );
         }
@@ -1556,7 +1764,8 @@ mod tests {
                     Counters {
                         frames_in: 2,
                         frames_out: 3,
-                        flushes: 1
+                        flushes: 1,
+                        discarded: 0,
                     }
                 );
                 assert_eq!(
@@ -1564,7 +1773,8 @@ mod tests {
                     Counters {
                         frames_in: 3,
                         frames_out: 2,
-                        flushes: 1
+                        flushes: 1,
+                        discarded: 0,
                     }
                 );
                 assert_eq!(
@@ -1824,7 +2034,8 @@ mod tests {
                 Counters {
                     frames_in: 0,
                     frames_out: N as u64,
-                    flushes: 1
+                    flushes: 1,
+                    discarded: 0,
                 }
             );
             if c == Compression::None {
@@ -1880,7 +2091,8 @@ mod tests {
                 Counters {
                     frames_in: 0,
                     frames_out: 2,
-                    flushes: 1
+                    flushes: 1,
+                    discarded: 0,
                 }
             );
             assert_eq!(p.client.next_deadline(), None);
@@ -2138,6 +2350,262 @@ mod tests {
             "frames delivered before and after the end of stream, and how it ended"
         );
         assert_eq!(before_eof, batch);
+    }
+
+    // ----- fastrpc profile -----
+
+    fn fastrpc(role: Role, compression: Compression, sniff: &[u8], version: u8) -> ConnConfig {
+        ConnConfig {
+            profile: Profile::Fastrpc(FastrpcSettings::new(sniff, version)),
+            ..config(role, compression)
+        }
+    }
+
+    /// A request's `tlv` body.
+    fn tlv(name: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        fastrpc::encode_request_body(&mut body, name, value).unwrap();
+        body
+    }
+
+    #[test]
+    fn fastrpc_hellos_are_go_handshake_blocks() {
+        let mut p = Pair::new(
+            fastrpc(Role::Client, Compression::None, b"abc", 7),
+            fastrpc(Role::Server, Compression::None, b"abc", 7),
+        );
+        assert_eq!(p.client_to_server(1), b"abc\x07\x01\x00");
+        assert_eq!(p.server_to_client(1), b"abc\x07\x01\x00");
+        assert_eq!(
+            (p.client.state(), p.server.state()),
+            (State::Open, State::Open)
+        );
+        assert!(p.client.poll_opened() && p.server.poll_opened());
+        // What each side may send the other: a request's body, a response's value.
+        assert_eq!(
+            (p.client.peer_max_frame_len(), p.server.peer_max_frame_len()),
+            (
+                Some(8 + 2 * fastrpc::MAX_FIELD_LEN),
+                Some(fastrpc::MAX_FIELD_LEN)
+            )
+        );
+        for c in compressions() {
+            let mut p = Pair::new(
+                fastrpc(Role::Client, c, b"", 0),
+                fastrpc(Role::Server, Compression::None, b"", 0),
+            );
+            assert_eq!(
+                p.client_to_server(NO_LIMIT),
+                [0, fastrpc::to_fastrpc_byte(c), 0]
+            );
+            assert_eq!(p.server_to_client(NO_LIMIT), [0, 1, 0]);
+            assert_eq!(p.server.peer_hello().map(|h| h.compression), Some(c));
+        }
+    }
+
+    #[test]
+    fn fastrpc_client_numbers_calls_on_the_wire_and_maps_answers_back() {
+        let mut p = Pair::open(
+            fastrpc(Role::Client, Compression::None, b"", 0),
+            fastrpc(Role::Server, Compression::None, b"", 0),
+        );
+        p.client
+            .send_frame(1000, FrameKind::Request, &tlv(b"foo", b"bar"));
+        p.client
+            .send_frame(2000, FrameKind::Request, &tlv(b"x", b"yy"));
+        p.client
+            .send_frame(3000, FrameKind::RequestNoReply, &tlv(b"n", b"w"));
+        p.client
+            .send_frame(4000, FrameKind::Request, &tlv(b"", b""));
+        let wire = p.client_to_server(5);
+        // Byte for byte what Go's client sends for these calls (vectors/01-none).
+        let mut go = Vec::new();
+        for (id, name, value) in [
+            (1, &b"foo"[..], &b"bar"[..]),
+            (2, b"x", b"yy"),
+            (0, b"n", b"w"),
+            (3, b"", b""),
+        ] {
+            fastrpc::encode_request(&mut go, id, name, value).unwrap();
+        }
+        assert_eq!(wire, go);
+        assert_eq!(
+            receive_ok(&mut p.server),
+            [
+                got(1, FrameKind::Request, &tlv(b"foo", b"bar")),
+                got(2, FrameKind::Request, &tlv(b"x", b"yy")),
+                got(0, FrameKind::RequestNoReply, &tlv(b"n", b"w")),
+                got(3, FrameKind::Request, &tlv(b"", b"")),
+            ]
+        );
+        // Answers in any order; an error response is a plain value on this profile.
+        p.server.send_frame(3, FrameKind::Response, b"re:=");
+        p.server.send_frame(1, FrameKind::ErrorResponse, b"boom");
+        p.server.send_frame(2, FrameKind::Response, b"re:x=yy");
+        let wire = p.server_to_client(3);
+        let mut go = Vec::new();
+        fastrpc::encode_response(&mut go, 3, b"re:=").unwrap();
+        fastrpc::encode_response(&mut go, 1, b"boom").unwrap();
+        fastrpc::encode_response(&mut go, 2, b"re:x=yy").unwrap();
+        assert_eq!(wire, go);
+        assert_eq!(
+            receive_ok(&mut p.client),
+            [
+                got(4000, FrameKind::Response, b"re:="),
+                got(1000, FrameKind::Response, b"boom"),
+                got(2000, FrameKind::Response, b"re:x=yy"),
+            ]
+        );
+        // The next call takes the next number: ids are not reused soon after their answer.
+        p.client
+            .send_frame(1000, FrameKind::Request, &tlv(b"a", b"b"));
+        p.client_to_server(NO_LIMIT);
+        assert_eq!(receive_ok(&mut p.server)[0].id, 4);
+    }
+
+    #[test]
+    fn fastrpc_client_reads_past_answers_nobody_waits_for() {
+        let mut p = Pair::open(
+            fastrpc(Role::Client, Compression::None, b"", 0),
+            fastrpc(Role::Server, Compression::None, b"", 0),
+        );
+        p.client.send_frame(7, FrameKind::Request, &tlv(b"a", b""));
+        p.client_to_server(NO_LIMIT);
+        assert_eq!(receive_ok(&mut p.server).len(), 1);
+        // Go's overload answer to a no-response call (id 0), an id never sent, the answer,
+        // and a second answer to the same id.
+        for id in [0, 99, 1, 1] {
+            p.server.send_frame(id, FrameKind::Response, b"v");
+        }
+        p.server_to_client(NO_LIMIT);
+        assert_eq!(
+            receive_ok(&mut p.client),
+            [got(7, FrameKind::Response, b"v")]
+        );
+        assert_eq!(p.client.counters().discarded, 3);
+        assert_eq!(p.client.counters().frames_in, 4);
+        assert_eq!(p.client.state(), State::Open);
+    }
+
+    #[test]
+    fn fastrpc_every_compression_pair_carries_frames_both_ways() {
+        for cc in compressions() {
+            for sc in compressions() {
+                let mut p = Pair::open(
+                    fastrpc(Role::Client, cc, b"", 0),
+                    fastrpc(Role::Server, sc, b"", 0),
+                );
+                let big = noise(200_000, 3);
+                for i in 0..3u32 {
+                    p.client.send_frame(
+                        i,
+                        FrameKind::Request,
+                        &tlv(b"name", &big[..i as usize * 1000]),
+                    );
+                }
+                p.client_to_server(1000);
+                let requests = receive_ok(&mut p.server);
+                assert_eq!(requests.len(), 3, "{cc}->{sc}");
+                for (i, r) in requests.iter().enumerate() {
+                    let (name, value) = fastrpc::split_request_body(&r.payload).unwrap();
+                    assert_eq!(
+                        (r.id, name, value),
+                        (i as u32 + 1, &b"name"[..], &big[..i * 1000])
+                    );
+                    p.server.send_frame(r.id, FrameKind::Response, value);
+                }
+                p.server.send_frame(9, FrameKind::Response, &big); // discarded, whatever its size
+                p.server_to_client(777);
+                let answers = receive_ok(&mut p.client);
+                let ids: Vec<u32> = answers.iter().map(|a| a.id).collect();
+                assert_eq!(ids, [0, 1, 2], "{cc}->{sc}");
+                assert_eq!(answers[2].payload, &big[..2000]);
+                assert_eq!(p.client.counters().discarded, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn fastrpc_handshake_refusals() {
+        // A wrong sniff header or version: the server closes without answering.
+        for (client, err) in [
+            (
+                fastrpc(Role::Client, Compression::None, b"xyz", 0),
+                ProtocolError::FastrpcHello(fastrpc::FastrpcHelloError::SniffMismatch {
+                    at: 0,
+                    got: b'x',
+                    expected: b'a',
+                }),
+            ),
+            (
+                fastrpc(Role::Client, Compression::None, b"abc", 1),
+                ProtocolError::FastrpcHello(fastrpc::FastrpcHelloError::VersionMismatch {
+                    got: 1,
+                    expected: 0,
+                }),
+            ),
+        ] {
+            let mut p = Pair::new(client, fastrpc(Role::Server, Compression::None, b"abc", 0));
+            p.client_to_server(NO_LIMIT);
+            assert_eq!(p.server.state(), State::Closed);
+            assert_eq!(p.server.close_reason(), closed_with(err).as_ref());
+            assert_eq!(transmit(&mut p.server, p.now), b"");
+        }
+        // An unknown compression: the server answers, then closes.
+        let now = Instant::now();
+        let mut server = Conn::new(fastrpc(Role::Server, Compression::None, b"", 0), now);
+        feed(&mut server, &[0, 7, 0], NO_LIMIT);
+        assert_eq!(transmit(&mut server, now), [0, 1, 0]);
+        assert_eq!(server.state(), State::Closed);
+        let err = ProtocolError::Handshake(HandshakeError::UnknownCompression(7));
+        assert_eq!(server.close_reason(), closed_with(err).as_ref());
+        // A client that wants TLS from a server without it: the server answers tls = 0 and
+        // closes (vectors/07c); the client learns why from the answer.
+        let mut p = Pair::new(
+            ConnConfig {
+                tls: TlsPolicy::Required,
+                ..fastrpc(Role::Client, Compression::None, b"", 0)
+            },
+            fastrpc(Role::Server, Compression::None, b"", 0),
+        );
+        assert_eq!(p.client_to_server(NO_LIMIT), [0, 1, 1]);
+        assert_eq!(p.server_to_client(NO_LIMIT), [0, 1, 0]);
+        assert_eq!(p.server.state(), State::Closed);
+        let err = ProtocolError::Handshake(HandshakeError::TlsNotOffered);
+        assert_eq!(p.client.close_reason(), closed_with(err).as_ref());
+    }
+
+    #[test]
+    fn fastrpc_oversized_length_fields_close_before_the_bytes_arrive() {
+        let too_long = fastrpc::MAX_FIELD_LEN + 1;
+        let mut p = Pair::open(
+            fastrpc(Role::Client, Compression::None, b"", 0),
+            fastrpc(Role::Server, Compression::None, b"", 0),
+        );
+        p.client.send_frame(1, FrameKind::Request, &tlv(b"a", b""));
+        p.client_to_server(NO_LIMIT);
+        receive_ok(&mut p.server);
+        let mut header = 1u32.to_le_bytes().to_vec();
+        header.extend_from_slice(&too_long.to_le_bytes());
+        feed(&mut p.client, &header, NO_LIMIT);
+        let err = ProtocolError::FastrpcFrame(fastrpc::FastrpcFrameError::TooLong {
+            field: fastrpc::Field::Value,
+            len: too_long,
+        });
+        assert_eq!(receive(&mut p.client), (vec![], Err(err)));
+        assert_eq!(p.client.state(), State::Closed);
+
+        let now = Instant::now();
+        let mut server = Conn::new(fastrpc(Role::Server, Compression::None, b"", 0), now);
+        let mut bytes = vec![0, 1, 0];
+        bytes.extend_from_slice(&5u32.to_le_bytes());
+        bytes.extend_from_slice(&too_long.to_le_bytes());
+        feed(&mut server, &bytes, NO_LIMIT);
+        let err = ProtocolError::FastrpcFrame(fastrpc::FastrpcFrameError::TooLong {
+            field: fastrpc::Field::Name,
+            len: too_long,
+        });
+        assert_eq!(receive(&mut server), (vec![], Err(err)));
     }
 
     #[cfg(feature = "tls")]
@@ -2801,6 +3269,42 @@ mod tests {
                     conn.release_idle_buffers();
                     assert_eq!(conn.buffered_capacity(), 0, "{c}");
                 }
+            }
+        }
+
+        #[test]
+        fn fastrpc_tls_follows_the_blocks_in_clear_without_repeating_them() {
+            for c in compressions() {
+                let fast = |role| ConnConfig {
+                    profile: Profile::Fastrpc(FastrpcSettings::default()),
+                    ..tls_config(role, c)
+                };
+                let mut p = Pair::new(fast(Role::Client), fast(Role::Server));
+                let byte = fastrpc::to_fastrpc_byte(c);
+                // The blocks in clear, then the client's TLS handshake at once.
+                assert_eq!(p.client_to_server(NO_LIMIT), [0, byte, 1]);
+                assert_eq!(p.server_to_client(NO_LIMIT), [0, byte, 1]);
+                let client_hello = p.client_to_server(NO_LIMIT);
+                assert_eq!(records(&client_hello)[0].0, 22, "a TLS handshake record");
+                p.pump(NO_LIMIT);
+                assert_eq!(
+                    (p.client.state(), p.server.state()),
+                    (State::Open, State::Open)
+                );
+                p.client
+                    .send_frame(5, FrameKind::Request, &super::tlv(b"k", b"v"));
+                p.client_to_server(NO_LIMIT);
+                let requests = receive_ok(&mut p.server);
+                assert_eq!(
+                    requests,
+                    [got(1, FrameKind::Request, &super::tlv(b"k", b"v"))]
+                );
+                p.server.send_frame(1, FrameKind::Response, b"re:k=v");
+                p.server_to_client(NO_LIMIT);
+                assert_eq!(
+                    receive_ok(&mut p.client),
+                    [got(5, FrameKind::Response, b"re:k=v")]
+                );
             }
         }
     }

@@ -50,11 +50,25 @@ use super::compress::Compression;
 /// Largest name or value, in bytes, accepted or sent (inclusive): 1 MiB, Go's `tlv` limit.
 pub const MAX_FIELD_LEN: u32 = 1 << 20;
 
+/// Bytes of a frame's id, the only field before a request's `tlv` body.
+pub const ID_LEN: usize = 4;
+
 /// Bytes of a request frame's fixed fields (id, name_len, value_len).
 pub const REQUEST_OVERHEAD: usize = 12;
 
 /// Bytes of a response frame's fixed fields (id, value_len).
 pub const RESPONSE_OVERHEAD: usize = 8;
+
+/// The largest payload a fastrpc peer accepts, in the terms of [`crate::wire::conn`]: a
+/// server, a request's `tlv` body (`name_len | name | value_len | value`, 8 bytes plus two
+/// fields of at most [`MAX_FIELD_LEN`]); a client, a response's value.
+pub const fn max_payload(to_server: bool) -> u32 {
+    if to_server {
+        8 + 2 * MAX_FIELD_LEN
+    } else {
+        MAX_FIELD_LEN
+    }
+}
 
 /// One side's handshake settings. Both sides must agree on both, or the server closes.
 ///
@@ -393,6 +407,23 @@ pub fn decode_request(
     Ok(Some((FastrpcRequest { id, name, value }, end)))
 }
 
+/// Splits a request's `tlv` body (what follows its id, as a server sees it in a
+/// [`Profile::Fastrpc`](crate::wire::conn::Profile::Fastrpc) connection's frames) into name
+/// and value; `None` unless it is exactly one valid name and value.
+///
+/// ```
+/// use batchrpc::wire::fastrpc::{encode_request_body, split_request_body};
+/// let mut body = Vec::new();
+/// encode_request_body(&mut body, b"foo", b"bar").unwrap();
+/// assert_eq!(split_request_body(&body), Some((&b"foo"[..], &b"bar"[..])));
+/// assert_eq!(split_request_body(&body[1..]), None);
+/// ```
+pub fn split_request_body(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (name, at) = field_at(body, 0, Field::Name).ok()??;
+    let (value, end) = field_at(body, at, Field::Value).ok()??;
+    (end == body.len()).then_some((name, value))
+}
+
 /// Decodes the response at the start of `buf`, which may be only partly filled.
 ///
 /// Returns `Ok(None)` until a whole response is there, then the response (borrowing from
@@ -440,10 +471,25 @@ pub fn encode_request(
     name: &[u8],
     value: &[u8],
 ) -> Result<(), TooLarge> {
-    let name_len = checked_len(name, Field::Name)?;
-    let value_len = checked_len(value, Field::Value)?;
+    check_request(name, value)?;
     out.reserve(REQUEST_OVERHEAD + name.len() + value.len());
     out.extend_from_slice(&id.to_le_bytes());
+    encode_request_body(out, name, value)
+}
+
+/// Checks a request's name and value against [`MAX_FIELD_LEN`].
+pub fn check_request(name: &[u8], value: &[u8]) -> Result<(), TooLarge> {
+    checked_len(name, Field::Name)?;
+    checked_len(value, Field::Value)?;
+    Ok(())
+}
+
+/// Appends a request's `tlv` body, what follows its id: `name_len | name | value_len | value`.
+/// Refused, with `out` left as it was, like [`encode_request`].
+pub fn encode_request_body(out: &mut Vec<u8>, name: &[u8], value: &[u8]) -> Result<(), TooLarge> {
+    let name_len = checked_len(name, Field::Name)?;
+    let value_len = checked_len(value, Field::Value)?;
+    out.reserve(8 + name.len() + value.len());
     out.extend_from_slice(&name_len.to_le_bytes());
     out.extend_from_slice(name);
     out.extend_from_slice(&value_len.to_le_bytes());
@@ -462,6 +508,33 @@ pub fn encode_response(out: &mut Vec<u8>, id: u32, value: &[u8]) -> Result<(), T
     out.extend_from_slice(&value_len.to_le_bytes());
     out.extend_from_slice(value);
     Ok(())
+}
+
+/// Starts a response to `id` at the end of `out` whose value is written in place after it;
+/// returns where it starts, for [`finish_response`].
+///
+/// ```
+/// use batchrpc::wire::fastrpc::{begin_response, decode_response, finish_response};
+/// let mut out = Vec::new();
+/// let at = begin_response(&mut out, 7);
+/// out.extend_from_slice(b"re:a=b");
+/// finish_response(&mut out, at);
+/// let (resp, _) = decode_response(&out).unwrap().unwrap();
+/// assert_eq!((resp.id, resp.value), (7, &b"re:a=b"[..]));
+/// ```
+pub fn begin_response(out: &mut Vec<u8>, id: u32) -> usize {
+    let at = out.len();
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    at
+}
+
+/// Writes the value length of the response begun at `at`: everything after its header.
+///
+/// The caller keeps the value within [`MAX_FIELD_LEN`].
+pub fn finish_response(out: &mut [u8], at: usize) {
+    let len = (out.len() - at - RESPONSE_OVERHEAD) as u32;
+    out[at + ID_LEN..at + RESPONSE_OVERHEAD].copy_from_slice(&len.to_le_bytes());
 }
 
 /// Hands out a client connection's call ids: 1, 2, 3, …, wrapping from `u32::MAX` to 1, never

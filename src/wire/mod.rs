@@ -21,6 +21,7 @@ pub mod tls;
 use std::fmt;
 
 use compress::DecompressError;
+use fastrpc::{FastrpcFrameError, FastrpcHelloError};
 use frame::{FrameError, FrameKind};
 use handshake::HandshakeError;
 use tls::TlsError;
@@ -44,6 +45,10 @@ pub enum ProtocolError {
     /// The TLS session failed: a certificate the other side does not accept, a fatal alert
     /// from the peer, a record that does not decrypt, ...
     Tls(TlsError),
+    /// A fastrpc peer's handshake block has the wrong sniff header or version.
+    FastrpcHello(FastrpcHelloError),
+    /// A fastrpc frame is invalid: a name or value longer than the profile allows.
+    FastrpcFrame(FastrpcFrameError),
 }
 
 impl fmt::Display for ProtocolError {
@@ -55,6 +60,8 @@ impl fmt::Display for ProtocolError {
             ProtocolError::UnexpectedKind(k) => write!(f, "unexpected frame kind {k:?}"),
             ProtocolError::Truncated => f.write_str("stream ended inside a frame"),
             ProtocolError::Tls(e) => write!(f, "tls: {e}"),
+            ProtocolError::FastrpcHello(e) => write!(f, "fastrpc handshake: {e}"),
+            ProtocolError::FastrpcFrame(e) => write!(f, "fastrpc frame: {e}"),
         }
     }
 }
@@ -66,6 +73,8 @@ impl std::error::Error for ProtocolError {
             ProtocolError::Frame(e) => Some(e),
             ProtocolError::Decompress(e) => Some(e),
             ProtocolError::Tls(e) => Some(e),
+            ProtocolError::FastrpcHello(e) => Some(e),
+            ProtocolError::FastrpcFrame(e) => Some(e),
             _ => None,
         }
     }
@@ -86,6 +95,18 @@ impl From<HandshakeError> for ProtocolError {
 impl From<TlsError> for ProtocolError {
     fn from(e: TlsError) -> Self {
         ProtocolError::Tls(e)
+    }
+}
+
+impl From<FastrpcHelloError> for ProtocolError {
+    fn from(e: FastrpcHelloError) -> Self {
+        ProtocolError::FastrpcHello(e)
+    }
+}
+
+impl From<FastrpcFrameError> for ProtocolError {
+    fn from(e: FastrpcFrameError) -> Self {
+        ProtocolError::FastrpcFrame(e)
     }
 }
 
