@@ -262,6 +262,37 @@ pub struct Conn {
     counters: Counters,
 }
 
+/// Where a decoded frame is in the peer's stream.
+struct Framed {
+    id: u32,
+    kind: FrameKind,
+    /// Offset of the payload.
+    start: usize,
+    /// Bytes the whole frame takes.
+    len: usize,
+}
+
+impl Framed {
+    fn new(id: u32, kind: FrameKind, start: usize, len: usize) -> Framed {
+        Framed {
+            id,
+            kind,
+            start,
+            len,
+        }
+    }
+}
+
+/// The peer's decoded hello.
+struct PeerHello {
+    hello: Hello,
+    /// Bytes it took.
+    len: usize,
+    /// An error that closes the connection once the exchange is complete: a fastrpc server
+    /// answers even a client whose compression it cannot decode.
+    deferred: Result<(), handshake::HandshakeError>,
+}
+
 /// Fastrpc client: which wire id stands for which of the owner's ids, for the calls of one
 /// connection that wait for a response (including timed-out ones whose answer may still come:
 /// their ids are not reused until it does or the connection closes).
@@ -608,7 +639,12 @@ impl Conn {
             return Ok(None);
         }
         loop {
-            let (id, kind, start, len) = match self.decode_frame(compressed) {
+            let Framed {
+                id,
+                kind,
+                start,
+                len,
+            } = match self.decode_frame(compressed) {
                 Ok(Some(header)) => header,
                 Ok(None) if compressed && self.decompress_step()? => continue,
                 Ok(None) => return self.at_end_of_input(compressed).map(|()| None),
@@ -667,29 +703,24 @@ impl Conn {
 
     // ----- internals -----
 
-    /// The next frame in the peer's stream, if a whole one is buffered: its id, kind, where
-    /// its payload starts, and the bytes it takes.
-    #[allow(clippy::type_complexity)]
-    fn decode_frame(
-        &self,
-        compressed: bool,
-    ) -> Result<Option<(u32, FrameKind, usize, usize)>, ProtocolError> {
+    /// The next frame in the peer's stream, if a whole one is buffered.
+    fn decode_frame(&self, compressed: bool) -> Result<Option<Framed>, ProtocolError> {
         let buf = self.stream(compressed).filled();
         Ok(match (&self.cfg.profile, self.cfg.role) {
             (Profile::Native, _) => frame::decode(buf, self.cfg.max_frame_len)?
-                .map(|f| (f.id, f.kind, frame::HEADER_LEN, f.wire_len())),
+                .map(|f| Framed::new(f.id, f.kind, frame::HEADER_LEN, f.wire_len())),
             (Profile::Fastrpc(_), Role::Server) => {
                 fastrpc::decode_request(buf)?.map(|(req, len)| {
                     let kind = match req.id {
                         0 => FrameKind::RequestNoReply,
                         _ => FrameKind::Request,
                     };
-                    (req.id, kind, fastrpc::ID_LEN, len)
+                    Framed::new(req.id, kind, fastrpc::ID_LEN, len)
                 })
             }
             (Profile::Fastrpc(_), Role::Client) => {
                 fastrpc::decode_response(buf)?.map(|(resp, len)| {
-                    (
+                    Framed::new(
                         resp.id,
                         FrameKind::Response,
                         fastrpc::RESPONSE_OVERHEAD,
@@ -810,7 +841,11 @@ impl Conn {
     }
 
     fn read_hello(&mut self) {
-        let (hello, len, deferred) = match self.decode_hello() {
+        let PeerHello {
+            hello,
+            len,
+            deferred,
+        } = match self.decode_hello() {
             Ok(Some(decoded)) => decoded,
             Ok(None) => return,
             Err(e) => {
@@ -845,20 +880,19 @@ impl Conn {
         }
     }
 
-    /// The peer's hello, if all of it is at the start of `raw`: the hello, the bytes it takes,
-    /// and an error that closes the connection once the exchange is complete (fastrpc: a
-    /// compression this side cannot decode does not stop the server from answering).
+    /// The peer's hello, if all of it is at the start of `raw`.
     ///
     /// A fastrpc block is told as a native [`Hello`] whose frame limit is what the fastrpc
     /// peer accepts (see [`fastrpc::max_payload`]).
-    #[allow(clippy::type_complexity)]
-    fn decode_hello(
-        &self,
-    ) -> Result<Option<(Hello, usize, Result<(), handshake::HandshakeError>)>, ProtocolError> {
+    fn decode_hello(&self) -> Result<Option<PeerHello>, ProtocolError> {
         let settings = match &self.cfg.profile {
             Profile::Native => {
                 let hello = handshake::decode(self.raw.filled())?;
-                return Ok(hello.map(|h| (h, HELLO_LEN, Ok(()))));
+                return Ok(hello.map(|hello| PeerHello {
+                    hello,
+                    len: HELLO_LEN,
+                    deferred: Ok(()),
+                }));
             }
             Profile::Fastrpc(settings) => settings,
         };
@@ -878,7 +912,11 @@ impl Conn {
         };
         let hello = Hello::new(compression.unwrap_or(Compression::None), theirs.tls)
             .with_max_frame_len(fastrpc::max_payload(peer_role == Role::Server));
-        Ok(Some((hello, settings.hello_len(), compression.map(drop))))
+        Ok(Some(PeerHello {
+            hello,
+            len: settings.hello_len(),
+            deferred: compression.map(drop),
+        }))
     }
 
     /// Queues this side's hello: a client's says whether it wants TLS, a server's answer
