@@ -2,7 +2,8 @@
 //!
 //! - Frames sent through a client/server [`Conn`] pair arrive exactly and in order, whatever the
 //!   batching, the write and read boundaries, and the compression of each direction.
-//! - Whatever bytes a server is fed, it never panics and holds a bounded amount of memory.
+//! - Whatever bytes a server is fed, it never panics and holds a bounded amount of memory;
+//!   the same for a server of the fastrpc profile.
 //! - The decoders (`frame::decode`, `handshake::decode`, `compress::Decoder::decode`) never
 //!   panic on arbitrary bytes, and what they accept is consistent with their input.
 //!
@@ -13,7 +14,8 @@ use std::fmt;
 use std::time::Instant;
 
 use batchrpc::wire::compress::{Decoder, Encoder, DEFAULT_FLATE_LEVEL, SNAPPY_MAX_CHUNK};
-use batchrpc::wire::conn::{Conn, ConnConfig, Role, State};
+use batchrpc::wire::conn::{Conn, ConnConfig, Profile, Role, State};
+use batchrpc::wire::fastrpc;
 use batchrpc::wire::frame::{self, FrameError, FrameKind, HEADER_LEN};
 use batchrpc::wire::handshake::{self, HandshakeError, Hello, HELLO_LEN};
 use batchrpc::Compression;
@@ -501,6 +503,112 @@ proptest! {
         eof in any::<bool>(),
     ) {
         feed_server(&hostile_bytes(&attack), &reads, eof)?;
+    }
+}
+
+// ----- a hostile peer of a fastrpc server -----
+
+/// A fastrpc request takes at most an id, two length fields and two fields of 1 MiB.
+const FASTRPC_MAX_REQUEST: usize = 12 + 2 * fastrpc::MAX_FIELD_LEN as usize;
+
+/// Bytes of buffers a fastrpc server may hold whatever it is sent: the native bound's
+/// reasoning (a frame being assembled, the input behind it, doubling growth) with the
+/// profile's largest request instead of the frame limit.
+const FASTRPC_MEMORY_BOUND: usize = 4 * FASTRPC_MAX_REQUEST + 64;
+
+/// A piece of a hostile fastrpc stream: length fields around the limit, bytes, long runs.
+#[derive(Debug, Clone)]
+enum FastrpcPiece {
+    Len(u32),
+    Bytes(Vec<u8>),
+    Run { len: usize, byte: u8 },
+}
+
+fn fastrpc_piece() -> impl Strategy<Value = FastrpcPiece> {
+    let max = fastrpc::MAX_FIELD_LEN;
+    prop_oneof![
+        4 => prop_oneof![0u32..64, 0u32..=max, max..=max + 16, any::<u32>()]
+            .prop_map(FastrpcPiece::Len),
+        2 => prop::collection::vec(any::<u8>(), 0..512).prop_map(FastrpcPiece::Bytes),
+        2 => (prop_oneof![0usize..4096, 0usize..=(max as usize + 64)], any::<u8>())
+            .prop_map(|(len, byte)| FastrpcPiece::Run { len, byte }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(cases(64))]
+
+    /// Whatever follows a valid handshake block, in any compression and any read sizes, a
+    /// fastrpc server never panics, yields only requests within the profile's limits with a
+    /// well-formed `tlv` body, answers nothing but its own block, and holds a bounded amount
+    /// of memory.
+    #[test]
+    fn hostile_stream_cannot_crash_or_bloat_a_fastrpc_server(
+        compression in select(available()),
+        pieces in prop::collection::vec(fastrpc_piece(), 0..12),
+        batches in prop::collection::vec(1usize..=4, 1..4),
+        flip in prop::option::of((any::<usize>(), 1u8..=255)),
+        reads in prop::collection::vec(prop_oneof![1usize..64, 1usize..=300_000], 1..6),
+        eof in any::<bool>(),
+    ) {
+        let mut bytes = vec![0, fastrpc::to_fastrpc_byte(compression), 0];
+        let mut encoder = Encoder::new(compression, DEFAULT_FLATE_LEVEL).unwrap();
+        let mut sizes = batches.iter().cycle();
+        for batch in pieces.chunks(*sizes.next().unwrap()) {
+            let mut plain = Vec::new();
+            for piece in batch {
+                match piece {
+                    FastrpcPiece::Len(n) => plain.extend_from_slice(&n.to_le_bytes()),
+                    FastrpcPiece::Bytes(b) => plain.extend_from_slice(b),
+                    FastrpcPiece::Run { len, byte } => plain.resize(plain.len() + len, *byte),
+                }
+            }
+            encoder.encode(&plain, &mut bytes);
+        }
+        if let Some((at, xor)) = flip {
+            let stream = bytes.len() - 3;
+            if stream > 0 {
+                bytes[3 + at % stream] ^= xor;
+            }
+        }
+
+        let now = Instant::now();
+        let cfg = ConnConfig {
+            profile: Profile::Fastrpc(fastrpc::FastrpcSettings::default()),
+            ..ConnConfig::new(Role::Server)
+        };
+        let mut server = Conn::new(cfg, now);
+        let mut reads = reads.iter().cycle();
+        let mut rest = &bytes[..];
+        let drain = |server: &mut Conn| -> Result<(), TestCaseError> {
+            while let Ok(Some(f)) = server.poll_frame() {
+                prop_assert!(f.payload.len() <= FASTRPC_MAX_REQUEST);
+                prop_assert!(f.kind.is_request(), "a server never yields {:?}", f.kind);
+                prop_assert!(fastrpc::split_request_body(f.payload).is_some());
+            }
+            prop_assert!(
+                server.buffered_capacity() <= FASTRPC_MEMORY_BOUND,
+                "{} bytes buffered",
+                server.buffered_capacity()
+            );
+            Ok(())
+        };
+        while !rest.is_empty() && matches!(server.state(), State::Handshake | State::Open) {
+            let room = server.recv_buf();
+            let n = room.len().min(rest.len()).min(*reads.next().unwrap());
+            room[..n].copy_from_slice(&rest[..n]);
+            server.handle_recv(n);
+            rest = &rest[n..];
+            drain(&mut server)?;
+            if let Some(out) = server.poll_transmit(now) {
+                prop_assert_eq!(out, &[0u8, 1, 0][..]);
+            }
+        }
+        if eof {
+            server.handle_eof();
+            drain(&mut server)?;
+            prop_assert!(matches!(server.state(), State::Closed | State::Draining));
+        }
     }
 }
 
