@@ -58,16 +58,22 @@ struct Args {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
     let mut builder = fastrpc::Client::builder(args.addr.as_str())
         .compression(args.compression)
         .sniff_header(args.sniff_header.as_bytes())
         .protocol_version(args.protocol_version)
         .request_timeout(Duration::from_millis(args.timeout_ms));
     if let Some(ca) = &args.tls_ca {
-        // The application picks the crypto provider; batchrpc enables none.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let config = batchrpc::tls::client_config_from_pem(ca, None)?;
-        builder = builder.tls(config, &args.server_name);
+        #[cfg(feature = "tls")]
+        {
+            // The application picks the crypto provider; batchrpc enables none.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = batchrpc::tls::client_config_from_pem(ca, None)?;
+            builder = builder.tls(config, &args.server_name);
+        }
+        #[cfg(not(feature = "tls"))]
+        return Err(format!("{ca:?}: this build has no TLS (cargo feature `tls`)").into());
     }
     let client = builder.connect()?;
     let (name, value) = (args.name.as_bytes(), args.value.as_bytes());

@@ -64,6 +64,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let quiet = args.quiet;
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
     let mut builder = fastrpc::Server::builder()
         .compression(args.compression)
         .sniff_header(args.sniff_header.as_bytes())
@@ -85,9 +86,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         );
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        // The application picks the crypto provider; batchrpc enables none.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        builder = builder.tls(batchrpc::tls::server_config_from_pem(cert, key, None)?);
+        #[cfg(feature = "tls")]
+        {
+            // The application picks the crypto provider; batchrpc enables none.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            builder = builder.tls(batchrpc::tls::server_config_from_pem(cert, key, None)?);
+        }
+        #[cfg(not(feature = "tls"))]
+        return Err(
+            format!("{cert:?}, {key:?}: this build has no TLS (cargo feature `tls`)").into(),
+        );
     }
     let server = builder.bind(args.addr.as_str())?;
     println!(

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use batchrpc::fastrpc::{self, MAX_FIELD_LEN};
-use batchrpc::wire::ProtocolError;
 use batchrpc::{Compression, Error, RequestCtx};
 use support::{run, wait_until};
 
@@ -234,6 +233,7 @@ fn mismatched_sniff_or_version_fails_connect() {
 mod tls {
     use super::*;
     use batchrpc::wire::handshake::HandshakeError;
+    use batchrpc::wire::ProtocolError;
 
     /// A server configuration for `localhost` and a client configuration trusting it.
     fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {

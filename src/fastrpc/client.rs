@@ -1,5 +1,6 @@
 //! The fastrpc profile's client: calls by name and value.
 
+#[cfg(feature = "tls")]
 use std::sync::Arc;
 use std::time::Duration;
 
