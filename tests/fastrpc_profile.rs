@@ -191,6 +191,10 @@ fn sends_reach_the_handler_and_get_no_answer() {
         });
         // A call after them proves every answer the server wrote has been read.
         assert_eq!(&*client.call(b"x", b"").unwrap(), b"ignored");
+        // (The reactor counts frames after it has completed their calls.)
+        wait_until(WAIT, "the call's answer counted", || {
+            client.stats().frames_read >= 1
+        });
         let stats = client.stats();
         assert_eq!(
             (stats.errors.stale_responses, stats.frames_read),
