@@ -8,7 +8,8 @@
 use std::time::Instant;
 
 use batchrpc::wire::compress::{Decoder, Encoder, DEFAULT_FLATE_LEVEL, SNAPPY_MAX_CHUNK};
-use batchrpc::wire::conn::{Conn, ConnConfig, Role, State};
+use batchrpc::wire::conn::{Conn, ConnConfig, Profile, Role, State};
+use batchrpc::wire::fastrpc;
 use batchrpc::wire::frame::{self, FrameError, FrameKind, HEADER_LEN};
 use batchrpc::wire::handshake::{self, Hello, HELLO_LEN};
 use batchrpc::wire::ProtocolError;
@@ -324,6 +325,211 @@ fn frames_in(mut plain: &[u8]) -> (Vec<Delivered>, Result<(), ProtocolError>) {
             Ok(None) if plain.is_empty() => return (frames, Ok(())),
             Ok(None) => return (frames, Err(ProtocolError::Truncated)),
             Err(e) => return (frames, Err(ProtocolError::Frame(e))),
+        }
+    }
+}
+
+/// Buffer memory a fastrpc connection may hold between reads whatever it is sent: the
+/// [`MEMORY_BOUND`] reasoning with the profile's largest request (two 1 MiB fields).
+pub const FASTRPC_MEMORY_BOUND: usize = 4 * (12 + 2 * fastrpc::MAX_FIELD_LEN as usize) + 64;
+
+/// Calls the fuzzed fastrpc client has outstanding (wire ids 1 to this), owner ids from 1000.
+const FASTRPC_CALLS: u32 = 16;
+
+/// A `Conn` of the fastrpc profile, server or client, that receives a valid handshake block,
+/// then arbitrary bytes.
+///
+/// Knobs: bit 0 the role (0 server, 1 client), bits 1-2 the compression the block announces
+/// (0 none, 1 flate, 2 snappy, 3 none), bits 3-5 the read size, bit 6 the mode, bit 7 end of
+/// stream after the input.
+///
+/// - Raw mode (bit 6 clear): the bytes after the knobs are the (compressed) stream.
+/// - Plain mode (bit 6 set): they are a plain stream, compressed properly by this driver in
+///   batches of 1000 bytes; with end of stream, what the connection delivers must be exactly
+///   what the codec's decoder (`decode_request`, `decode_response`) finds in it: a server
+///   delivers every request (id 0 as a request without reply) with its `tlv` body; a client,
+///   which has [`FASTRPC_CALLS`] calls outstanding, delivers the first answer to each of them
+///   under the caller's id and drops (counts) every other one.
+///
+/// Always: no panic, only frames of the role's direction within the limits, nothing sent but
+/// the handshake block (and the client's requests), buffers under [`FASTRPC_MEMORY_BOUND`],
+/// and end of stream closes.
+pub fn conn_fastrpc(data: &[u8]) {
+    let Some((&knobs, rest)) = data.split_first() else {
+        return;
+    };
+    let role = if knobs & 1 == 0 {
+        Role::Server
+    } else {
+        Role::Client
+    };
+    let compression = match knobs >> 1 & 3 {
+        1 => Compression::Flate,
+        2 => Compression::Snappy,
+        _ => Compression::None,
+    };
+    if !compression.is_available() {
+        return;
+    }
+    let read = SIZES[usize::from(knobs >> 3 & 7)];
+    let plain_mode = knobs & 0x40 != 0;
+    let eof = knobs & 0x80 != 0;
+
+    let mut writes = vec![vec![0, fastrpc::to_fastrpc_byte(compression), 0]];
+    if plain_mode {
+        let mut encoder = Encoder::new(compression, DEFAULT_FLATE_LEVEL).unwrap();
+        writes.extend(rest.chunks(1000).map(|batch| {
+            let mut wire = Vec::new();
+            encoder.encode(batch, &mut wire);
+            wire
+        }));
+    } else {
+        writes.push(rest.to_vec());
+    }
+
+    let now = Instant::now();
+    let cfg = ConnConfig {
+        profile: Profile::Fastrpc(fastrpc::FastrpcSettings::default()),
+        ..ConnConfig::new(role)
+    };
+    let mut conn = Conn::new(cfg, now);
+    if role == Role::Client {
+        assert_eq!(conn.poll_transmit(now), Some(&[0u8, 1, 0][..]));
+        conn.handle_sent(3);
+        for i in 0..FASTRPC_CALLS {
+            conn.send_frame(1000 + i, FrameKind::Request, b"\0\0\0\0\0\0\0\0");
+        }
+    }
+    let mut delivered = Vec::new();
+    let mut end = Ok(());
+    for (i, write) in writes.iter().enumerate() {
+        let mut rest = &write[..];
+        while !rest.is_empty() && matches!(conn.state(), State::Handshake | State::Open) {
+            let room = conn.recv_buf();
+            let n = room.len().min(read).min(rest.len());
+            room[..n].copy_from_slice(&rest[..n]);
+            conn.handle_recv(n);
+            rest = &rest[n..];
+            if i > 0 || rest.is_empty() {
+                assert_ne!(conn.state(), State::Handshake, "a valid block came");
+            }
+            if role == Role::Server {
+                if let Some(out) = conn.poll_transmit(now) {
+                    assert_eq!(out, &[0u8, 1, 0][..], "a server sends only its block");
+                    conn.handle_sent(3);
+                }
+            }
+            drain_fastrpc(&mut conn, &mut delivered, &mut end);
+        }
+    }
+    if !eof {
+        return;
+    }
+    conn.handle_eof();
+    drain_fastrpc(&mut conn, &mut delivered, &mut end);
+    assert_eq!(conn.state(), State::Closed, "end of stream closes");
+    assert_eq!(conn.close_reason(), Some(&end));
+    if plain_mode {
+        let (expected, expected_end, discarded) = fastrpc_frames_in(role, rest);
+        assert_eq!(delivered.len(), expected.len(), "frames delivered");
+        assert!(delivered == expected, "frames differ");
+        assert_eq!(end, expected_end);
+        assert_eq!(conn.counters().discarded, discarded);
+    }
+}
+
+fn drain_fastrpc(
+    conn: &mut Conn,
+    delivered: &mut Vec<Delivered>,
+    end: &mut Result<(), ProtocolError>,
+) {
+    let server = conn.config().role == Role::Server;
+    loop {
+        match conn.poll_frame() {
+            Ok(Some(f)) => {
+                assert_eq!(f.kind.is_request(), server, "{:?}", f.kind);
+                if server {
+                    assert!(fastrpc::split_request_body(f.payload).is_some());
+                    assert_eq!(f.kind == FrameKind::RequestNoReply, f.id == 0);
+                } else {
+                    assert!(f.payload.len() <= fastrpc::MAX_FIELD_LEN as usize);
+                    assert!((1000..1000 + FASTRPC_CALLS).contains(&f.id));
+                }
+                delivered.push(Delivered {
+                    id: f.id,
+                    kind: f.kind,
+                    payload: f.payload.to_vec(),
+                });
+            }
+            Ok(None) => break,
+            Err(e) => {
+                *end = Err(e);
+                break;
+            }
+        }
+    }
+    assert!(
+        conn.buffered_capacity() <= FASTRPC_MEMORY_BOUND,
+        "{} bytes buffered",
+        conn.buffered_capacity()
+    );
+}
+
+/// What a fastrpc connection of `role` must make of a plain stream that then ends: the frames
+/// it delivers, how it closes, and (client) how many answers it drops.
+fn fastrpc_frames_in(
+    role: Role,
+    mut plain: &[u8],
+) -> (Vec<Delivered>, Result<(), ProtocolError>, u64) {
+    let mut frames = Vec::new();
+    let mut outstanding: Vec<bool> = vec![true; FASTRPC_CALLS as usize];
+    let mut discarded = 0;
+    loop {
+        let decoded = match role {
+            Role::Server => fastrpc::decode_request(plain).map(|r| {
+                r.map(|(req, len)| {
+                    let kind = match req.id {
+                        0 => FrameKind::RequestNoReply,
+                        _ => FrameKind::Request,
+                    };
+                    (req.id, kind, fastrpc::ID_LEN, len)
+                })
+            }),
+            Role::Client => fastrpc::decode_response(plain).map(|r| {
+                r.map(|(resp, len)| {
+                    (
+                        resp.id,
+                        FrameKind::Response,
+                        fastrpc::RESPONSE_OVERHEAD,
+                        len,
+                    )
+                })
+            }),
+        };
+        match decoded {
+            Ok(Some((id, kind, start, len))) => {
+                let payload = plain[start..len].to_vec();
+                plain = &plain[len..];
+                if role == Role::Server {
+                    frames.push(Delivered { id, kind, payload });
+                    continue;
+                }
+                let slot = (id as usize).wrapping_sub(1);
+                match outstanding.get_mut(slot) {
+                    Some(waiting) if *waiting => {
+                        *waiting = false;
+                        frames.push(Delivered {
+                            id: 1000 + slot as u32,
+                            kind,
+                            payload,
+                        });
+                    }
+                    _ => discarded += 1,
+                }
+            }
+            Ok(None) if plain.is_empty() => return (frames, Ok(()), discarded),
+            Ok(None) => return (frames, Err(ProtocolError::Truncated), discarded),
+            Err(e) => return (frames, Err(ProtocolError::FastrpcFrame(e)), discarded),
         }
     }
 }
