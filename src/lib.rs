@@ -147,6 +147,13 @@ attacks). Turn compression off on connections that carry both.
 //! you drive with [`Reactor::poll_once`] instead; one reactor can host many clients and
 //! servers. With `workers(0)` a server runs its handlers inline on the reactor thread.
 //!
+//! A client made by `connect()` lends its reactor to its callers: a thread about to block in
+//! [`Client::call`] or [`PendingCall::wait`] while nobody drives the reactor runs the reactor's
+//! turns itself until its call completes, then hands it back (leader/follower). The reactor
+//! code and its guarantees are the same; only the thread changes, and a blocking round trip
+//! saves the two thread wake-ups of handing the call to the reactor thread and back. The
+//! reactor thread takes over whenever a caller leaves work behind.
+//!
 //! ```
 //! use std::time::Duration;
 //! use batchrpc::{Client, Reactor, RequestCtx, Server};

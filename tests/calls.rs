@@ -503,7 +503,8 @@ fn max_batch_delay_completes_every_call() {
         wait_until(WAIT, "the send to be written", || {
             client.stats().calls == 521
         });
-        assert_eq!(client.pending_requests(), 0);
+        // The last sends may still be on their way to a connection.
+        wait_until(WAIT, "every slot free", || client.pending_requests() == 0);
     });
 }
 
@@ -530,8 +531,9 @@ fn calls_in_flight_share_writes() {
     });
 }
 
-/// Wake-ups and turns are counted: a blocking call parks its caller (woken by the reactor) and
-/// may wake the sleeping reactor, so each call costs the client between zero and two wake-ups.
+/// Wake-ups and turns are counted. A blocking call made while nobody drives the client's
+/// reactor drives it itself (no hand-off to the reactor thread, no wake-up); the first one may
+/// find the reactor thread polling and hand over to it as before (up to two wake-ups).
 #[test]
 fn wake_ups_and_turns_are_counted() {
     run(|| {
@@ -545,10 +547,47 @@ fn wake_ups_and_turns_are_counted() {
         assert_eq!(during.calls, 100);
         assert!(during.turns > 0);
         assert!(
-            (1..=200).contains(&during.wakeups),
-            "{} wake-ups for 100 blocking calls",
+            during.wakeups <= 40,
+            "{} wake-ups for 100 blocking calls from one thread",
             during.wakeups
         );
         assert!(server.stats().turns > 0);
+    });
+}
+
+/// Callers of one client take turns driving its reactor, hand it to each other and to its
+/// thread: a mix of blocking calls, async windows, sends and timeouts from several threads all
+/// complete, each with its own answer.
+#[test]
+fn callers_driving_one_client_in_turns_all_complete() {
+    run(|| {
+        let server = echo_builder().bind("127.0.0.1:0").unwrap();
+        let client = Client::builder(server.local_addr()).connect().unwrap();
+        std::thread::scope(|s| {
+            for t in 0..6u32 {
+                let client = &client;
+                s.spawn(move || {
+                    for i in 0..300u32 {
+                        let req = [t.to_le_bytes(), i.to_le_bytes()].concat();
+                        match (t + i) % 4 {
+                            0 => assert_eq!(&*client.call(&req).unwrap(), &req[..]),
+                            1 => {
+                                let p = client.call_async(&req).unwrap();
+                                let q = client.call_async(&req).unwrap();
+                                assert_eq!(&*q.wait().unwrap(), &req[..]);
+                                assert_eq!(&*p.wait().unwrap(), &req[..]);
+                            }
+                            2 => client.send(&req).unwrap(),
+                            _ => {
+                                let r = client.call_timeout(&req, WAIT).unwrap();
+                                assert_eq!(&*r, &req[..]);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        // The last sends may still be on their way to a connection.
+        wait_until(WAIT, "every slot free", || client.pending_requests() == 0);
     });
 }

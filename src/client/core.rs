@@ -69,6 +69,8 @@ pub(crate) struct ClientCore {
     failed_first: usize,
     opened_once: bool,
     closing: bool,
+    /// Calls admitted and not yet completed.
+    outstanding: usize,
 }
 
 impl ClientCore {
@@ -95,6 +97,7 @@ impl ClientCore {
             failed_first: 0,
             opened_once: false,
             closing: false,
+            outstanding: 0,
             cfg,
         };
         for stream in streams {
@@ -161,6 +164,7 @@ impl ClientCore {
 
     /// Takes a submitted call into the reactor's books.
     fn admit(&mut self, core: &mut Core, idx: u32) {
+        self.outstanding += 1;
         let i = idx as usize;
         if self.metas.len() <= i {
             let now = core.now;
@@ -271,6 +275,7 @@ impl ClientCore {
     /// Completes call `idx` and counts it; `off_wire: false` keeps the slot taken because the
     /// response may still come.
     fn finish(&mut self, idx: u32, outcome: Result<Vec<u8>, Error>, now: Instant, off_wire: bool) {
+        self.outstanding -= 1;
         let stats = &self.shared.stats;
         match &outcome {
             Ok(_) => {
@@ -512,6 +517,10 @@ impl Service for ClientCore {
 
     fn has_work(&self) -> bool {
         !self.closing && (!self.shared.submit.is_empty() || self.shared.is_closed())
+    }
+
+    fn is_busy(&self) -> bool {
+        self.outstanding != 0
     }
 
     fn is_finished(&self) -> bool {

@@ -9,13 +9,13 @@ use std::fmt;
 use std::io;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::reactor::{self, Reactor, ReactorShared};
+use crate::reactor::{self, Driver, Reactor, ReactorShared};
 use crate::stats::{SharedStats, Stats, C};
 use crate::transport::{Address, CustomStream, Stream, ToAddress};
 use crate::wire::conn::{ConnConfig, Profile, Role};
@@ -55,6 +55,8 @@ pub(crate) struct ClientShared {
     pub send_limit: AtomicU32,
     ready: Mutex<Option<Result<()>>>,
     ready_cv: Condvar,
+    /// The client's own reactor, which waiting callers may drive (`connect()` only).
+    driver: OnceLock<Arc<Driver>>,
 }
 
 impl ClientShared {
@@ -131,10 +133,41 @@ impl ClientShared {
     fn submit(&self, req: Body<'_>, kind: FrameKind, timeout: Duration, state: u32) -> Result<u32> {
         let idx = self.prepare(req, kind, timeout, state)?;
         self.enqueue(idx)?;
+        self.notify();
+        Ok(idx)
+    }
+
+    /// Tells the reactor that work waits in the submission queue.
+    fn notify(&self) {
         if self.reactor.notify() {
             self.stats.inc(C::wakeups);
         }
-        Ok(idx)
+    }
+
+    /// Blocks until call `idx` completes and takes its outcome. If the client's reactor is
+    /// free, this thread drives it until then (see [`Driver`]): no hand-off to the reactor
+    /// thread and back. Otherwise it parks on the call's slot; `notified` says whether the
+    /// reactor was already told about the call's submission.
+    fn wait(&self, idx: u32, notified: bool) -> std::result::Result<Vec<u8>, Error> {
+        if self.slots.spin_until_done(idx) {
+            return self.slots.take(idx);
+        }
+        if let Some(driver) = self.driver.get() {
+            let done = || self.slots.is_done(idx);
+            let pending = || !self.submit.is_empty() || self.is_closed();
+            if let Some(woke) = driver.drive_until(done, pending) {
+                if woke {
+                    self.stats.inc(C::wakeups);
+                }
+                if self.slots.is_done(idx) {
+                    return self.slots.take(idx);
+                }
+            }
+        }
+        if !notified {
+            self.notify();
+        }
+        self.slots.wait(idx)
     }
 }
 
@@ -332,11 +365,13 @@ impl ClientBuilder {
         let name = self.name.clone();
         let wait = self.conn.handshake_timeout;
         let client = self.attach(&mut reactor, true)?;
+        let (driver, thread) = reactor::spawn_shared(reactor, name)?;
+        let _ = client.shared().driver.set(driver);
         *client
             .inner
             .thread
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(reactor::spawn(reactor, name)?);
+            .unwrap_or_else(|e| e.into_inner()) = Some(thread);
         client.wait_ready(wait)?;
         Ok(client)
     }
@@ -396,6 +431,7 @@ impl ClientBuilder {
             send_limit: AtomicU32::new(cfg.conn.max_frame_len),
             ready: Mutex::new(None),
             ready_cv: Condvar::new(),
+            driver: OnceLock::new(),
         });
         let shared2 = shared.clone();
         reactor.add_service(move |id, core| {
@@ -533,13 +569,26 @@ impl Client {
     }
 
     /// Calls and waits for the response, at most the request timeout.
+    ///
+    /// If nobody is driving the client's reactor, this thread drives it until the response is
+    /// in (see the crate's "Threads" section): no wake-up of the reactor thread.
     pub fn call(&self, req: &[u8]) -> Result<Response> {
         self.call_timeout(req, self.shared().request_timeout)
     }
 
     /// Calls and waits for the response, at most `timeout`.
     pub fn call_timeout(&self, req: &[u8], timeout: Duration) -> Result<Response> {
-        self.call_async_timeout(req, timeout)?.wait()
+        let shared = self.shared();
+        let idx = shared.prepare(req, FrameKind::Request, timeout, CALLER | REACTOR)?;
+        shared.enqueue(idx)?;
+        // Told by `wait` only if it cannot drive the reactor itself.
+        let call = PendingCall {
+            shared: shared.clone(),
+            idx,
+            taken: true,
+        };
+        let outcome = shared.wait(idx, false);
+        call.wrap(outcome)
     }
 
     /// Starts a call; the response is taken from the returned handle. Dropping the handle
@@ -648,13 +697,14 @@ impl PendingCall {
 
     /// Blocks until the call completes, and returns its outcome. If
     /// [`try_wait`](Self::try_wait) already returned the outcome, returns
-    /// [`Error::Canceled`] at once.
+    /// [`Error::Canceled`] at once. Like [`Client::call`], drives the client's reactor while
+    /// it waits if nobody else does.
     pub fn wait(mut self) -> Result<Response> {
         if self.taken {
             return Err(Error::Canceled);
         }
         self.taken = true;
-        let outcome = self.shared.slots.wait(self.idx);
+        let outcome = self.shared.wait(self.idx, true);
         self.into_response(outcome)
     }
 
@@ -805,15 +855,15 @@ impl Batch {
         for &idx in &calls {
             submitted.push(self.shared.enqueue(idx));
         }
-        if self.shared.reactor.notify() {
-            self.shared.stats.inc(C::wakeups);
-        }
+        let mut notified = false;
         calls
             .into_iter()
             .zip(submitted)
             .map(|(idx, ok)| {
                 ok?;
-                self.shared.slots.wait(idx).map(|buf| Response {
+                let outcome = self.shared.wait(idx, notified);
+                notified = true;
+                outcome.map(|buf| Response {
                     buf,
                     shared: Some(self.shared.clone()),
                 })

@@ -214,16 +214,22 @@ impl Slots {
         outcome.unwrap_or(Err(Error::Canceled))
     }
 
-    /// Caller: blocks until the call in `idx` completes (spinning briefly first, then parking
-    /// on the slot), then takes its outcome.
-    pub fn wait(&self, idx: u32) -> Result<Vec<u8>, Error> {
+    /// Caller: spins briefly for the call in `idx` to complete; true if it did.
+    pub fn spin_until_done(&self, idx: u32) -> bool {
         let slot = self.get(idx);
         for _ in 0..64 {
             if slot.state.load(Ordering::Acquire) & DONE != 0 {
-                return self.take(idx);
+                return true;
             }
             std::hint::spin_loop();
         }
+        false
+    }
+
+    /// Caller: blocks until the call in `idx` completes (parking on the slot), then takes its
+    /// outcome.
+    pub fn wait(&self, idx: u32) -> Result<Vec<u8>, Error> {
+        let slot = self.get(idx);
         loop {
             let s = slot.state.load(Ordering::Acquire);
             if s & DONE != 0 {

@@ -23,6 +23,12 @@
 //! its queues, and sleeps only if they are empty (the handshake is sequentially consistent on
 //! both sides, so a hand-off is never missed).
 //!
+//! # Callers driving a client's reactor
+//! A client's own reactor (made by `connect()`) runs under a [`Driver`]: a caller about to
+//! block on a call runs the turns itself while nobody else does, and hands the reactor back
+//! to its thread when it leaves work behind. The turns are the same code; only the thread
+//! that runs them differs.
+//!
 //! # Driving it yourself
 //! Call `poll_once` in your loop with the timeout you can afford (`Some(Duration::ZERO)` never
 //! blocks). Spurious wake-ups are harmless. Calls made from the driving thread must not block
@@ -31,8 +37,9 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -54,6 +61,11 @@ const IDLE_AFTER: Duration = Duration::from_secs(1);
 pub(crate) struct ReactorShared {
     waker: Waker,
     sleeping: AtomicBool,
+    /// A shared reactor's own thread is parked (not polling) and must be unparked to act:
+    /// see [`Driver`].
+    parked: AtomicBool,
+    /// That thread, for reactors run by [`spawn_shared`].
+    thread: OnceLock<Thread>,
 }
 
 impl ReactorShared {
@@ -64,6 +76,18 @@ impl ReactorShared {
         fence(Ordering::SeqCst);
         if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::SeqCst) {
             let _ = self.waker.wake();
+            return true;
+        }
+        self.unpark_thread()
+    }
+
+    /// Unparks the reactor's own thread if it announced it was parked. True when it was.
+    #[inline]
+    fn unpark_thread(&self) -> bool {
+        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
             return true;
         }
         false
@@ -110,6 +134,11 @@ pub(crate) trait Service: Send {
     fn next_deadline(&self) -> Option<Instant>;
     /// Work is waiting in a queue (so the reactor must not sleep).
     fn has_work(&self) -> bool;
+    /// Calls are outstanding that someone must see through even though no caller may be
+    /// waiting for them (so a caller that drove the reactor hands it back to its thread).
+    fn is_busy(&self) -> bool {
+        false
+    }
     /// Done for good: the reactor drops it.
     fn is_finished(&self) -> bool;
 }
@@ -380,6 +409,8 @@ impl Reactor {
                 shared: Arc::new(ReactorShared {
                     waker,
                     sleeping: AtomicBool::new(false),
+                    parked: AtomicBool::new(false),
+                    thread: OnceLock::new(),
                 }),
                 next_id: 0,
                 next_sweep: Instant::now() + IDLE_AFTER,
@@ -499,7 +530,25 @@ impl Reactor {
             || self.services.iter().any(|(_, s)| s.has_work())
     }
 
+    /// Work that must not wait for the next event: queued hand-offs, or calls of a client
+    /// that someone has to see through (see [`Service::is_busy`]).
+    fn needs_driver(&self) -> bool {
+        self.has_work() || self.services.iter().any(|(_, s)| s.is_busy())
+    }
+
     fn sleep_budget(&self, timeout: Option<Duration>, now: Instant) -> Option<Duration> {
+        let until_deadline = self
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(now));
+        match (timeout, until_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The earliest time a turn has something to do without an event: a connection timer, a
+    /// service deadline, or the idle sweep.
+    fn next_deadline(&self) -> Option<Instant> {
         let timer = self.core.timers.peek().map(|Reverse((at, _, _))| *at);
         let service = self
             .services
@@ -512,12 +561,7 @@ impl Reactor {
         };
         // Idle connections are swept only while there are connections.
         let sweep = (!self.core.endpoints.is_empty()).then_some(self.core.next_sweep);
-        let deadline = match (deadline, sweep) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let until_deadline = deadline.map(|d| d.saturating_duration_since(now));
-        match (timeout, until_deadline) {
+        match (deadline, sweep) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -802,4 +846,197 @@ pub(crate) fn spawn(mut reactor: Reactor, name: String) -> io::Result<std::threa
         // of its clients with `Error::Closed` and closes every connection.
         let _ = reactor.run();
     })
+}
+
+/// How long a shared reactor's thread stays parked, while callers drive, before it looks at
+/// the sockets and timers itself (connection loss, redials, idle sweeps are noticed at most
+/// this late while every caller-driven turn has ended with nothing outstanding).
+const HANDBACK_GRACE: Duration = Duration::from_millis(2);
+
+/// A reactor run by a thread of its own that the threads waiting for its calls may drive
+/// instead (leader/follower).
+///
+/// A caller about to block for a response it can only get from this reactor takes the
+/// reactor's role (if nobody holds it), runs its turns until its call has completed, and hands
+/// it back. The round trip then costs one wake-up of the caller (by its socket), where a hand
+/// over to the reactor thread costs three (caller -> reactor, socket -> reactor, reactor ->
+/// caller). The reactor code is the same; only the thread running it changes.
+///
+/// The role is `driving`; the reactor's lock is only ever taken by the role's holder. The
+/// reactor's own thread drives while there is work and callers are not driving; once callers
+/// have been driving (or wanted to), it steps aside when nothing is outstanding: it parks for
+/// at most [`HANDBACK_GRACE`], then takes one non-blocking look at the sockets and timers and
+/// steps aside again, until callers stop coming; then it polls as usual. A caller that hands
+/// back with work left (other calls outstanding, queued hand-offs, a deadline due soon) unparks
+/// the thread.
+pub(crate) struct Driver {
+    reactor: Mutex<Option<Reactor>>,
+    shared: Arc<ReactorShared>,
+    driving: AtomicBool,
+    /// Bumped each time a caller drove, or wanted to and found the role taken.
+    activity: AtomicU64,
+}
+
+impl Driver {
+    fn acquire(&self) -> bool {
+        !self.driving.load(Ordering::Relaxed)
+            && self
+                .driving
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Reactor>> {
+        // Only the role's holder locks, so this never waits; a panic inside a turn poisons it,
+        // and the reactor is left as the panic left it (the thread then drops it).
+        self.reactor.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Caller side: drives the reactor until `done()`, if nobody else is driving it. `None`
+    /// when the role was taken (the caller should hand its work over and park), else whether
+    /// handing the role back took a wake-up of the reactor's thread. `pending()` tells, after
+    /// the role is given back, whether hand-offs arrived that nobody took yet.
+    pub(crate) fn drive_until(
+        &self,
+        done: impl Fn() -> bool,
+        pending: impl Fn() -> bool,
+    ) -> Option<bool> {
+        if !self.acquire() {
+            self.activity.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.activity.fetch_add(1, Ordering::Relaxed);
+        let role = OnPanic(self);
+        let mut wake = false;
+        {
+            let mut guard = self.lock();
+            if let Some(reactor) = guard.as_mut() {
+                while !done() && !reactor.is_idle() {
+                    if reactor.poll_once(None).is_err() {
+                        // Fatal for the reactor: dropping it completes every call with
+                        // `Error::Closed`; its thread then exits.
+                        *guard = None;
+                        break;
+                    }
+                }
+                wake = match guard.as_ref() {
+                    Some(r) => {
+                        r.is_idle()
+                            || r.needs_driver()
+                            || r.next_deadline()
+                                .is_some_and(|d| d <= Instant::now() + HANDBACK_GRACE)
+                    }
+                    None => true,
+                };
+            }
+        }
+        std::mem::forget(role);
+        self.driving.store(false, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        Some((wake || pending()) && self.shared.unpark_thread())
+    }
+
+    /// The reactor's own thread.
+    fn run(&self) {
+        let _on_panic = OnPanic(self);
+        let mut seen = self.activity.load(Ordering::Relaxed);
+        loop {
+            if !self.acquire() {
+                // A caller drives: it unparks this thread if it leaves work behind.
+                self.shared.parked.store(true, Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+                if !self.acquire() {
+                    std::thread::park_timeout(HANDBACK_GRACE);
+                    self.shared.parked.store(false, Ordering::Relaxed);
+                    continue;
+                }
+                self.shared.parked.store(false, Ordering::Relaxed);
+            }
+            // The role is this thread's until it steps aside.
+            let mut guard = self.lock();
+            let until = loop {
+                let Some(reactor) = guard.as_mut() else {
+                    break None;
+                };
+                if reactor.is_idle() {
+                    break None;
+                }
+                let activity = self.activity.load(Ordering::Relaxed);
+                if activity == seen || reactor.needs_driver() {
+                    if reactor.poll_once(None).is_err() {
+                        break None;
+                    }
+                    continue;
+                }
+                // Callers have been driving: look without sleeping, then step aside.
+                seen = activity;
+                if reactor.poll_once(Some(Duration::ZERO)).is_err() {
+                    break None;
+                }
+                self.shared.parked.store(true, Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+                if reactor.is_idle() || reactor.needs_driver() {
+                    self.shared.parked.store(false, Ordering::Relaxed);
+                    continue;
+                }
+                let now = Instant::now();
+                break Some(
+                    reactor
+                        .next_deadline()
+                        .map_or(HANDBACK_GRACE, |d| d.saturating_duration_since(now))
+                        .min(HANDBACK_GRACE),
+                );
+            };
+            let Some(until) = until else {
+                // Finished, or a poll error: dropping the reactor completes every call left.
+                *guard = None;
+                drop(guard);
+                self.driving.store(false, Ordering::SeqCst);
+                return;
+            };
+            drop(guard);
+            self.driving.store(false, Ordering::SeqCst);
+            if !until.is_zero() {
+                std::thread::park_timeout(until);
+            }
+            self.shared.parked.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Unwinding out of a turn (a panicking user hook) with the role held: the reactor is dropped,
+/// as it was when it belonged to its thread alone, so that every call completes with
+/// [`Error::Closed`] instead of waiting for a role nobody gives back.
+struct OnPanic<'a>(&'a Driver);
+
+impl Drop for OnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let reactor = self.0.lock().take();
+            drop(reactor);
+            self.0.driving.store(false, Ordering::SeqCst);
+            self.0.shared.unpark_thread();
+        }
+    }
+}
+
+/// Runs `reactor` on a thread of its own until every service on it has finished, letting
+/// waiting callers drive it in between (see [`Driver`]).
+pub(crate) fn spawn_shared(
+    reactor: Reactor,
+    name: String,
+) -> io::Result<(Arc<Driver>, std::thread::JoinHandle<()>)> {
+    let shared = reactor.core.shared.clone();
+    let driver = Arc::new(Driver {
+        reactor: Mutex::new(Some(reactor)),
+        shared,
+        driving: AtomicBool::new(false),
+        activity: AtomicU64::new(0),
+    });
+    let d = driver.clone();
+    let handle = std::thread::Builder::new().name(name).spawn(move || {
+        let _ = d.shared.thread.set(std::thread::current());
+        d.run();
+    })?;
+    Ok((driver, handle))
 }
