@@ -177,6 +177,48 @@ fn sends_arrive_once(net: Net) {
     assert_eq!(client.pending_requests(), 0);
 }
 
+/// Sends beyond `max_pending_requests`: a sender that finds every slot taken by queued sends
+/// runs a reactor turn to send them (when nobody else drives) before it reports
+/// `Overflow`; retried on `Overflow`, every send arrives exactly once.
+#[test]
+fn sends_beyond_the_pending_limit_arrive_once() {
+    run(|| {
+        const N: u64 = 5000;
+        let total = Arc::new(AtomicU64::new(0));
+        let total2 = total.clone();
+        let server = Server::builder()
+            .handler(move |_: &RequestCtx, _req: &[u8], _resp: &mut Vec<u8>| {
+                total2.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .bind("127.0.0.1:0")
+            .unwrap();
+        let client = Client::builder(server.local_addr())
+            .max_pending_requests(4)
+            .connect()
+            .unwrap();
+        let mut overflows = 0u64;
+        for i in 0..N {
+            loop {
+                match client.send(&i.to_le_bytes()) {
+                    Ok(()) => break,
+                    Err(Error::Overflow) => {
+                        overflows += 1;
+                        std::thread::yield_now();
+                    }
+                    Err(e) => panic!("send {i}: {e}"),
+                }
+            }
+        }
+        wait_until(WAIT, "every send to reach the handler", || {
+            total.load(Ordering::SeqCst) >= N
+        });
+        assert_eq!(client.stats().errors.overflow, overflows);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(total.load(Ordering::SeqCst), N);
+    });
+}
+
 #[test]
 fn sends_arrive_exactly_once_tcp() {
     run(|| sends_arrive_once(Net::Tcp));

@@ -118,7 +118,7 @@ impl ClientShared {
             self.stats.error(&Error::Closed);
             return Err(Error::Closed);
         }
-        let Some(idx) = self.slots.alloc(state) else {
+        let Some(idx) = self.slots.alloc(state).or_else(|| self.make_room(state)) else {
             self.stats.error(&Error::Overflow);
             return Err(Error::Overflow);
         };
@@ -135,6 +135,22 @@ impl ClientShared {
         self.enqueue(idx)?;
         self.notify();
         Ok(idx)
+    }
+
+    /// Every slot is taken. If some are held by calls still in the submission queue (sends
+    /// above all, which free theirs as soon as they are in a connection's batch) and nobody
+    /// drives the reactor, runs one turn that does not sleep to send them, then tries again.
+    #[cold]
+    fn make_room(&self, state: u32) -> Option<u32> {
+        let driver = self.driver.get()?;
+        if self.submit.is_empty() {
+            return None;
+        }
+        let woke = driver.turn_now(|| !self.submit.is_empty() || self.is_closed())?;
+        if woke {
+            self.stats.inc(C::wakeups);
+        }
+        self.slots.alloc(state)
     }
 
     /// Tells the reactor that work waits in the submission queue.
@@ -247,7 +263,10 @@ impl ClientBuilder {
         self
     }
 
-    /// Most calls pending at once; one more fails at once with [`Error::Overflow`].
+    /// Most calls pending at once; one more fails at once with [`Error::Overflow`]. (When
+    /// some of the slots are held by calls still queued for the reactor, sends above all, and
+    /// nobody is driving the client's reactor, the caller first runs one reactor turn that
+    /// does not sleep to send them, and takes a slot they freed.)
     pub fn max_pending_requests(mut self, n: u32) -> Self {
         self.max_pending = n.clamp(1, 1 << 24);
         self

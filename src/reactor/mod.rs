@@ -901,6 +901,22 @@ impl Driver {
         done: impl Fn() -> bool,
         pending: impl Fn() -> bool,
     ) -> Option<bool> {
+        self.drive(None, done, pending)
+    }
+
+    /// Caller side: runs one turn that does not sleep, if nobody else is driving the reactor:
+    /// queued hand-offs go out now. Returns as [`Driver::drive_until`].
+    pub(crate) fn turn_now(&self, pending: impl Fn() -> bool) -> Option<bool> {
+        let turned = std::cell::Cell::new(false);
+        self.drive(Some(Duration::ZERO), || turned.replace(true), pending)
+    }
+
+    fn drive(
+        &self,
+        timeout: Option<Duration>,
+        done: impl Fn() -> bool,
+        pending: impl Fn() -> bool,
+    ) -> Option<bool> {
         if !self.acquire() {
             self.activity.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -912,7 +928,7 @@ impl Driver {
             let mut guard = self.lock();
             if let Some(reactor) = guard.as_mut() {
                 while !done() && !reactor.is_idle() {
-                    if reactor.poll_once(None).is_err() {
+                    if reactor.poll_once(timeout).is_err() {
                         // Fatal for the reactor: dropping it completes every call with
                         // `Error::Closed`; its thread then exits.
                         *guard = None;
