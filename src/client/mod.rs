@@ -349,7 +349,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Dials through a custom transport instead of the address.
+    /// Dials through a custom transport instead of the address. Redials run inside a reactor
+    /// turn: on the reactor thread, or on a caller's thread while it drives the reactor (see
+    /// the crate's "Threads" section); the dialer must not make calls on this client.
     pub fn dialer<F, S>(mut self, dial: F) -> Self
     where
         F: Fn() -> io::Result<S> + Send + Sync + 'static,
@@ -362,7 +364,9 @@ impl ClientBuilder {
     }
 
     /// Called when a connection's handshake completes, before any call is sent on it; an
-    /// `Err` closes it (and it is redialed after the backoff).
+    /// `Err` closes it (and it is redialed after the backoff). It runs inside a reactor turn,
+    /// on whichever thread drives the client's reactor (its own thread, or a caller's while it
+    /// waits): it must not make calls on this client.
     pub fn on_connect<F>(mut self, hook: F) -> Self
     where
         F: Fn(&ConnInfo) -> std::result::Result<(), String> + Send + Sync + 'static,
