@@ -608,6 +608,11 @@ impl Client {
 
     /// Calls and waits for the response, at most `timeout`.
     pub fn call_timeout(&self, req: &[u8], timeout: Duration) -> Result<Response> {
+        self.call_body(Body::Bytes(req), timeout)
+    }
+
+    /// Makes a call and waits for its outcome, driving the reactor if nobody does.
+    pub(crate) fn call_body(&self, req: Body<'_>, timeout: Duration) -> Result<Response> {
         let shared = self.shared();
         let idx = shared.prepare(req, FrameKind::Request, timeout, CALLER | REACTOR)?;
         shared.enqueue(idx)?;

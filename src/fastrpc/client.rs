@@ -165,12 +165,12 @@ impl Client {
 
     /// Calls and waits for the response's value, at most the request timeout.
     pub fn call(&self, name: &[u8], value: &[u8]) -> Result<Response> {
-        self.call_async(name, value)?.wait()
+        self.call_timeout(name, value, self.inner.timeout())
     }
 
     /// Calls and waits for the response's value, at most `timeout` (Go's `DoDeadline`).
     pub fn call_timeout(&self, name: &[u8], value: &[u8], timeout: Duration) -> Result<Response> {
-        self.call_async_timeout(name, value, timeout)?.wait()
+        self.inner.call_body(self.body(name, value)?, timeout)
     }
 
     /// Starts a call; the response's value is taken from the returned handle.
