@@ -28,6 +28,7 @@ use batchrpc::wire::fastrpc::{decode_request, decode_response, encode_request, e
 use batchrpc::wire::handshake::HandshakeError;
 use batchrpc::wire::ProtocolError;
 use batchrpc::{Error, HandlerError, RequestCtx};
+use support::go_vectors::{decode_into, decompress, load};
 use support::{bounded, wait_until};
 
 /// The longest one test may take before it is declared hung.
@@ -38,27 +39,7 @@ const PEER_WAIT: Duration = Duration::from_secs(3);
 /// above [`PEER_WAIT`], so that a close that only comes with them is told apart.
 const OUR_TIMEOUT: Duration = Duration::from_secs(6);
 
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/");
-
 // ----- the captures ----------------------------------------------------------------------------
-
-/// One direction of a scenario: `NAME.c2s.hex` or `NAME.s2c.hex`, hex-decoded.
-fn load(name: &str, dir: &str) -> Vec<u8> {
-    let path = format!("{VECTORS}{name}.{dir}.hex");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let hex: Vec<u8> = text.bytes().filter(|b| *b != b'\n').collect();
-    assert_eq!(hex.len() % 2, 0, "{path}: odd number of hex digits");
-    hex.chunks(2)
-        .map(|pair| {
-            let digit = |d: u8| match d {
-                b'0'..=b'9' => d - b'0',
-                b'a'..=b'f' => d - b'a' + 10,
-                _ => panic!("{path}: not a lowercase hex digit: {d:#04x}"),
-            };
-            digit(pair[0]) << 4 | digit(pair[1])
-        })
-        .collect()
-}
 
 /// Bytes as spaced hex, for assertion messages that show where two streams differ.
 fn hex(bytes: &[u8]) -> String {
@@ -120,7 +101,7 @@ impl Scenario {
     /// Go's requests, in wire order.
     fn requests(&self) -> Vec<Req> {
         let c2s = self.c2s();
-        let plain = decompress_all(self.client, &c2s[self.hello_len()..]);
+        let plain = decompress(self.client, &c2s[self.hello_len()..]);
         let mut inbound = Parser {
             plain,
             ..Parser::default()
@@ -137,7 +118,7 @@ impl Scenario {
     /// Go's responses, in wire order.
     fn responses(&self) -> Vec<Resp> {
         let s2c = self.s2c();
-        let plain = decompress_all(self.server, &s2c[self.hello_len()..]);
+        let plain = decompress(self.server, &s2c[self.hello_len()..]);
         let mut inbound = Parser {
             plain,
             ..Parser::default()
@@ -194,28 +175,6 @@ fn response_frame(id: u32, value: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     encode_response(&mut out, id, value).unwrap();
     out
-}
-
-/// Decodes as much of `wire` as `decoder` yields; every byte of it must be used up.
-fn decode_into(decoder: &mut Decoder, wire: &[u8], plain: &mut Vec<u8>) {
-    let (mut input, mut out) = (wire, [0u8; 4096]);
-    loop {
-        let (consumed, produced) = decoder.decode(input, &mut out).expect("decompress");
-        input = &input[consumed..];
-        plain.extend_from_slice(&out[..produced]);
-        if (consumed, produced) == (0, 0) && decoder.pending_output() == 0 {
-            break;
-        }
-    }
-    assert!(input.is_empty(), "{} undecoded bytes left", input.len());
-}
-
-/// Decompresses a whole direction's stream (as received, after the handshake).
-fn decompress_all(compression: Compression, wire: &[u8]) -> Vec<u8> {
-    let mut decoder = Decoder::new(compression).unwrap();
-    let mut plain = Vec::new();
-    decode_into(&mut decoder, wire, &mut plain);
-    plain
 }
 
 /// Go's response stream of `s` cut into the batches Go flushed (one response each in these

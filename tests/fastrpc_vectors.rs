@@ -2,49 +2,16 @@
 //! the sans-IO codecs of `batchrpc::wire::fastrpc`, and checks that our encoders produce the
 //! same frames.
 
-use batchrpc::wire::compress::{Compression, Decoder, Encoder};
+mod support;
+
+use batchrpc::wire::compress::{Compression, Encoder};
 use batchrpc::wire::fastrpc::{
     decode_hello, decode_request, decode_response, encode_hello, encode_request, encode_response,
     from_fastrpc_byte, to_fastrpc_byte, FastrpcFrameError, FastrpcHello, FastrpcHelloError,
     FastrpcSettings, Field, IdAllocator, MAX_FIELD_LEN,
 };
 use proptest::prelude::*;
-
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/");
-
-/// One direction of a scenario: `NAME.c2s.hex` or `NAME.s2c.hex`, hex-decoded.
-fn load(name: &str, dir: &str) -> Vec<u8> {
-    let path = format!("{VECTORS}{name}.{dir}.hex");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let hex: Vec<u8> = text.bytes().filter(|b| *b != b'\n').collect();
-    assert_eq!(hex.len() % 2, 0, "{path}: odd number of hex digits");
-    hex.chunks(2)
-        .map(|pair| {
-            let digit = |d: u8| match d {
-                b'0'..=b'9' => d - b'0',
-                b'a'..=b'f' => d - b'a' + 10,
-                _ => panic!("{path}: not a lowercase hex digit: {d:#04x}"),
-            };
-            digit(pair[0]) << 4 | digit(pair[1])
-        })
-        .collect()
-}
-
-/// Decompresses a whole direction's stream (as received, after the handshake).
-fn decompress(compression: Compression, wire: &[u8]) -> Vec<u8> {
-    let mut decoder = Decoder::new(compression).unwrap();
-    let (mut input, mut plain, mut out) = (wire, Vec::new(), [0u8; 256]);
-    loop {
-        let (consumed, produced) = decoder.decode(input, &mut out).unwrap();
-        input = &input[consumed..];
-        plain.extend_from_slice(&out[..produced]);
-        if (consumed, produced) == (0, 0) && decoder.pending_output() == 0 {
-            break;
-        }
-    }
-    assert!(input.is_empty(), "{} undecoded bytes left", input.len());
-    plain
-}
+use support::go_vectors::{decompress, load};
 
 type Request = (u32, Vec<u8>, Vec<u8>);
 type Response = (u32, Vec<u8>);

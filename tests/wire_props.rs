@@ -439,25 +439,40 @@ fn hostile_bytes(attack: &Attack) -> Vec<u8> {
     }
 }
 
-/// Feeds `bytes` to a fresh server as a reactor would (reads of the cycled sizes, frames
-/// drained after each, reading stopped once the server no longer reads), checking the
-/// invariants after every read; then, if `eof`, ends the stream.
-fn feed_server(bytes: &[u8], reads: &[usize], eof: bool) -> Result<(), TestCaseError> {
+/// What a server of one profile may do, whatever it is sent.
+struct Bounds<'a> {
+    /// The only bytes it may write: its hello.
+    answer: &'a [u8],
+    /// The largest payload it may deliver.
+    max_payload: usize,
+    /// The most buffer memory it may hold.
+    memory: usize,
+    /// Whether a delivered request's payload is well formed for the profile.
+    payload_ok: fn(&[u8]) -> bool,
+}
+
+/// Feeds `bytes` to a fresh server made with `cfg` as a reactor would (reads of the cycled
+/// sizes, frames drained after each, reading stopped once the server no longer reads),
+/// checking `bounds` after every read; then, if `eof`, ends the stream.
+fn feed_server(
+    cfg: ConnConfig,
+    bounds: &Bounds<'_>,
+    bytes: &[u8],
+    reads: &[usize],
+    eof: bool,
+) -> Result<(), TestCaseError> {
     let now = Instant::now();
-    let cfg = ConnConfig {
-        max_frame_len: MAX_FRAME,
-        ..ConnConfig::new(Role::Server)
-    };
     let mut server = Conn::new(cfg, now);
     let mut reads = reads.iter().cycle();
     let mut rest = bytes;
     let drain = |server: &mut Conn| -> Result<(), TestCaseError> {
         while let Ok(Some(f)) = server.poll_frame() {
-            prop_assert!(f.payload.len() <= MAX_FRAME as usize);
+            prop_assert!(f.payload.len() <= bounds.max_payload);
             prop_assert!(f.kind.is_request(), "a server never yields {:?}", f.kind);
+            prop_assert!((bounds.payload_ok)(f.payload));
         }
         prop_assert!(
-            server.buffered_capacity() <= MEMORY_BOUND,
+            server.buffered_capacity() <= bounds.memory,
             "{} bytes buffered",
             server.buffered_capacity()
         );
@@ -472,8 +487,7 @@ fn feed_server(bytes: &[u8], reads: &[usize], eof: bool) -> Result<(), TestCaseE
         drain(&mut server)?;
         // Whatever it was sent, a server answers with at most its hello.
         if let Some(out) = server.poll_transmit(now) {
-            let hello = Hello::new(Compression::None, false).with_max_frame_len(MAX_FRAME);
-            prop_assert_eq!(out, &hello.encode()[..]);
+            prop_assert_eq!(out, bounds.answer);
         }
     }
     if eof {
@@ -502,7 +516,18 @@ proptest! {
         reads in prop::collection::vec(prop_oneof![1usize..64, 1usize..=300_000], 1..6),
         eof in any::<bool>(),
     ) {
-        feed_server(&hostile_bytes(&attack), &reads, eof)?;
+        let cfg = ConnConfig {
+            max_frame_len: MAX_FRAME,
+            ..ConnConfig::new(Role::Server)
+        };
+        let hello = Hello::new(Compression::None, false).with_max_frame_len(MAX_FRAME);
+        let bounds = Bounds {
+            answer: &hello.encode(),
+            max_payload: MAX_FRAME as usize,
+            memory: MEMORY_BOUND,
+            payload_ok: |_| true,
+        };
+        feed_server(cfg, &bounds, &hostile_bytes(&attack), &reads, eof)?;
     }
 }
 
@@ -572,43 +597,17 @@ proptest! {
             }
         }
 
-        let now = Instant::now();
         let cfg = ConnConfig {
             profile: Profile::Fastrpc(fastrpc::FastrpcSettings::default()),
             ..ConnConfig::new(Role::Server)
         };
-        let mut server = Conn::new(cfg, now);
-        let mut reads = reads.iter().cycle();
-        let mut rest = &bytes[..];
-        let drain = |server: &mut Conn| -> Result<(), TestCaseError> {
-            while let Ok(Some(f)) = server.poll_frame() {
-                prop_assert!(f.payload.len() <= FASTRPC_MAX_REQUEST);
-                prop_assert!(f.kind.is_request(), "a server never yields {:?}", f.kind);
-                prop_assert!(fastrpc::split_request_body(f.payload).is_some());
-            }
-            prop_assert!(
-                server.buffered_capacity() <= FASTRPC_MEMORY_BOUND,
-                "{} bytes buffered",
-                server.buffered_capacity()
-            );
-            Ok(())
+        let bounds = Bounds {
+            answer: &[0, 1, 0],
+            max_payload: FASTRPC_MAX_REQUEST,
+            memory: FASTRPC_MEMORY_BOUND,
+            payload_ok: |body| fastrpc::split_request_body(body).is_some(),
         };
-        while !rest.is_empty() && matches!(server.state(), State::Handshake | State::Open) {
-            let room = server.recv_buf();
-            let n = room.len().min(rest.len()).min(*reads.next().unwrap());
-            room[..n].copy_from_slice(&rest[..n]);
-            server.handle_recv(n);
-            rest = &rest[n..];
-            drain(&mut server)?;
-            if let Some(out) = server.poll_transmit(now) {
-                prop_assert_eq!(out, &[0u8, 1, 0][..]);
-            }
-        }
-        if eof {
-            server.handle_eof();
-            drain(&mut server)?;
-            prop_assert!(matches!(server.state(), State::Closed | State::Draining));
-        }
+        feed_server(cfg, &bounds, &bytes, &reads, eof)?;
     }
 }
 

@@ -6,6 +6,7 @@
 // Each test file uses its own subset of these helpers.
 #![allow(dead_code)]
 
+pub mod go_vectors;
 pub mod proxy;
 
 use std::net::{SocketAddr, TcpListener};
