@@ -618,6 +618,11 @@ impl Conn {
         if self.out.is_empty() {
             self.out = Vec::new();
         }
+        if let Some(ids) = self.call_ids.as_deref_mut() {
+            if ids.outstanding.is_empty() {
+                ids.outstanding.shrink_to_fit();
+            }
+        }
         #[cfg(feature = "tls")]
         {
             self.tls_in.shrink_idle(0);
@@ -906,12 +911,10 @@ impl Conn {
                 theirs.compression,
             )),
         };
-        let peer_role = match self.cfg.role {
-            Role::Client => Role::Server,
-            Role::Server => Role::Client,
-        };
+        // A client's peer is a server, which takes requests.
+        let to_server = self.cfg.role == Role::Client;
         let hello = Hello::new(compression.unwrap_or(Compression::None), theirs.tls)
-            .with_max_frame_len(fastrpc::max_payload(peer_role == Role::Server));
+            .with_max_frame_len(fastrpc::max_payload(to_server));
         Ok(Some(PeerHello {
             hello,
             len: settings.hello_len(),
