@@ -467,10 +467,14 @@ impl Conn {
 
     /// Bytes of buffer memory held (not counting rustls's own buffers).
     pub fn buffered_capacity(&self) -> usize {
+        let ids = self.call_ids.as_ref().map_or(0, |ids| {
+            ids.outstanding.capacity() * std::mem::size_of::<(u32, u32)>()
+        });
         let held = self.raw.capacity()
             + self.plain.capacity()
             + self.pending.capacity()
-            + self.out.capacity();
+            + self.out.capacity()
+            + ids;
         #[cfg(feature = "tls")]
         let held = held + self.tls_in.capacity() + self.sealed.capacity();
         held
@@ -2526,6 +2530,26 @@ mod tests {
         assert_eq!(p.client.counters().discarded, 3);
         assert_eq!(p.client.counters().frames_in, 4);
         assert_eq!(p.client.state(), State::Open);
+    }
+
+    #[test]
+    fn fastrpc_quiet_client_gives_its_id_map_back() {
+        let mut p = Pair::open(
+            fastrpc(Role::Client, Compression::None, b"", 0),
+            fastrpc(Role::Server, Compression::None, b"", 0),
+        );
+        for id in 0..1000 {
+            p.client.send_frame(id, FrameKind::Request, &tlv(b"", b""));
+        }
+        p.client_to_server(NO_LIMIT);
+        for r in receive_ok(&mut p.server) {
+            p.server.send_frame(r.id, FrameKind::Response, b"");
+        }
+        p.server_to_client(NO_LIMIT);
+        assert_eq!(receive_ok(&mut p.client).len(), 1000);
+        assert!(p.client.buffered_capacity() >= 1000 * 8);
+        p.client.release_idle_buffers();
+        assert_eq!(p.client.buffered_capacity(), 0);
     }
 
     #[test]
