@@ -31,6 +31,14 @@ static GLOBAL: Counting = Counting;
 
 const BODY: [u8; 261] = [b'x'; 261];
 
+/// The counter is process-wide: the tests take turns, so that one does not count the other's
+/// allocations.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs `rounds` rounds of `window` calls in flight; returns allocations per call.
 fn allocs_per_call(client: &Client, window: usize, rounds: usize) -> f64 {
     let mut pending = Vec::with_capacity(window);
@@ -80,6 +88,7 @@ fn check(compression: Compression, workers: usize) {
 
 #[test]
 fn steady_state_calls_do_not_allocate() {
+    let _turn = one_at_a_time();
     // The counter sees allocations (a positive control, so the test can fail).
     let before = ALLOCS.load(Ordering::Relaxed);
     let v: Vec<u8> = std::hint::black_box(Vec::with_capacity(10));
@@ -93,5 +102,57 @@ fn steady_state_calls_do_not_allocate() {
     }
     if Compression::Flate.is_available() {
         check(Compression::Flate, 2);
+    }
+}
+
+/// Sends `n` fire-and-forget requests (retrying on `Overflow`) and waits until the server has
+/// handled them all; returns allocations per send.
+fn allocs_per_send(client: &Client, handled: &AtomicU64, n: u64) -> f64 {
+    let target = handled.load(Ordering::SeqCst) + n;
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for _ in 0..n {
+        loop {
+            match client.send(b"foobar") {
+                Ok(()) => break,
+                Err(batchrpc::Error::Overflow) => std::thread::yield_now(),
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while handled.load(Ordering::SeqCst) < target {
+        assert!(std::time::Instant::now() < deadline, "sends did not arrive");
+        std::thread::yield_now();
+    }
+    (ALLOCS.load(Ordering::Relaxed) - before) as f64 / n as f64
+}
+
+#[test]
+fn steady_state_sends_do_not_allocate() {
+    let _turn = one_at_a_time();
+    for workers in [2, 0] {
+        let handled = std::sync::Arc::new(AtomicU64::new(0));
+        let seen = handled.clone();
+        let server = Server::builder()
+            .workers(workers)
+            .pipeline(true)
+            .handler(move |_: &RequestCtx, _req: &[u8], _resp: &mut Vec<u8>| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .bind("127.0.0.1:0")
+            .expect("bind");
+        let client = Client::builder(server.local_addr())
+            .max_pending_requests(100)
+            .connect()
+            .expect("connect");
+        // Warm up: buffers, slots, pools and queues reach their working sizes.
+        allocs_per_send(&client, &handled, 5_000);
+        let per_send = allocs_per_send(&client, &handled, 50_000);
+        println!("workers={workers}: {per_send:.4} allocations per send");
+        assert!(
+            per_send < 0.01,
+            "{per_send} allocations per send (workers {workers})"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::deadlines::Deadlines;
-use super::{ClientConfig, ClientShared};
+use super::{ClientConfig, ClientShared, Submission};
 use crate::reactor::{ConnEp, ConnRole, Core, Service};
 use crate::stats::{SharedStats, C};
 use crate::transport::Stream;
@@ -60,8 +60,9 @@ pub(crate) struct ClientCore {
     cfg: Arc<ClientConfig>,
     metas: Vec<CallMeta>,
     deadlines: Deadlines,
-    /// (slot, gen) of admitted calls waiting for a connection, in order.
-    waiting: VecDeque<(u32, u32)>,
+    /// (slot, gen, a send's payload) of admitted calls and sends waiting for a connection, in
+    /// order.
+    waiting: VecDeque<(u32, u32, Option<Vec<u8>>)>,
     links: Vec<Link>,
     rr: usize,
     rng: u64,
@@ -164,6 +165,53 @@ impl ClientCore {
 
     /// Takes a submitted call into the reactor's books.
     fn admit(&mut self, core: &mut Core, idx: u32) {
+        let (submitted, timeout) = {
+            let d = self.shared.slots.get(idx).data();
+            (d.submitted, d.timeout)
+        };
+        let gen = self.book(core, idx, submitted);
+        match submitted.checked_add(timeout) {
+            Some(at) if at <= core.now => {
+                self.complete(idx, Err(Error::Timeout), core.now);
+                return;
+            }
+            Some(at) => self.deadlines.insert(idx, timeout, at),
+            None => {} // no deadline in this universe
+        }
+        if !self.waiting.is_empty() || !self.place(core, idx) {
+            self.metas[idx as usize].state = CallState::Waiting;
+            self.waiting.push_back((idx, gen, None));
+        }
+    }
+
+    /// Takes a submitted send: into a connection's batch at once when one has room and
+    /// nothing waits before it (its slot is free again right away, and the reactor keeps no
+    /// books on it), else into the waiting line like a call, with the request timeout counted
+    /// from now.
+    fn admit_send(&mut self, core: &mut Core, idx: u32, buf: Vec<u8>) {
+        if self.waiting.is_empty() {
+            if let Some(sent) = self.place_send(core, &buf) {
+                match sent {
+                    Ok(()) => self.shared.stats.inc(C::calls),
+                    Err(e) => self.shared.stats.error(&e),
+                }
+                self.shared.slots.release_reserved(idx);
+                self.shared.slots.give_buffer(buf);
+                return;
+            }
+        }
+        let gen = self.book(core, idx, core.now);
+        let timeout = self.shared.request_timeout;
+        if let Some(at) = core.now.checked_add(timeout) {
+            self.deadlines.insert(idx, timeout, at);
+        }
+        self.metas[idx as usize].state = CallState::Waiting;
+        self.waiting.push_back((idx, gen, Some(buf)));
+    }
+
+    /// Opens the books on an admitted call in slot `idx`: counts it outstanding and gives it
+    /// its generation (returned).
+    fn book(&mut self, core: &Core, idx: u32, submitted: Instant) -> u32 {
         self.outstanding += 1;
         let i = idx as usize;
         if self.metas.len() <= i {
@@ -178,30 +226,14 @@ impl ClientCore {
                 },
             );
         }
-        let (submitted, timeout) = {
-            let d = self.shared.slots.get(idx).data();
-            (d.submitted, d.timeout)
-        };
         let meta = &mut self.metas[i];
         meta.gen = (meta.gen + 1) & self.shared.gen_mask;
         meta.submitted = submitted;
-        let gen = meta.gen;
-        match submitted.checked_add(timeout) {
-            Some(at) if at <= core.now => {
-                self.complete(idx, Err(Error::Timeout), core.now);
-                return;
-            }
-            Some(at) => self.deadlines.insert(idx, timeout, at),
-            None => {} // no deadline in this universe
-        }
-        if !self.waiting.is_empty() || !self.place(core, idx) {
-            self.metas[i].state = CallState::Waiting;
-            self.waiting.push_back((idx, gen));
-        }
+        meta.gen
     }
 
-    /// Writes the call into a connection with room; false when none has.
-    fn place(&mut self, core: &mut Core, idx: u32) -> bool {
+    /// A connection with room for more requests, round robin.
+    fn pick(&mut self, core: &mut Core) -> Option<usize> {
         let n = self.links.len();
         for _ in 0..n {
             self.rr = (self.rr + 1) % n;
@@ -212,58 +244,93 @@ impl ClientCore {
             let Some(ep) = core.conn(token) else {
                 continue;
             };
-            if ep.conn.send_backlog() >= MAX_SEND_BACKLOG {
-                continue;
+            if ep.conn.send_backlog() < MAX_SEND_BACKLOG {
+                return Some(token);
             }
-            let id = self.wire_id(idx, self.metas[idx as usize].gen);
-            // The caller checked against the limit known then; the connection's peer has the
-            // last word (a call made before any handshake completed did not know it).
-            let max = ep.conn.peer_max_frame_len().unwrap_or(u32::MAX);
-            let sent = {
-                let d = self.shared.slots.get(idx).data();
-                let fits = d.request.len() <= max as usize;
-                if fits {
-                    ep.conn.send_frame(id, d.kind, &d.request);
-                }
-                fits.then_some(d.kind).ok_or(d.request.len())
-            };
-            let kind = match sent {
-                Ok(kind) => kind,
-                Err(len) => {
-                    self.deadlines.remove(idx);
-                    self.metas[idx as usize].state = CallState::Idle;
-                    self.complete(idx, Err(Error::TooLarge { len, max }), core.now);
-                    return true;
-                }
-            };
-            let meta = &mut self.metas[idx as usize];
-            core.mark_dirty(token);
-            if kind == FrameKind::RequestNoReply {
-                // Sent is done: the call completes once it is in the connection's batch.
-                self.deadlines.remove(idx);
-                meta.state = CallState::Idle;
-                self.complete(idx, Ok(Vec::new()), core.now);
-            } else {
-                meta.state = CallState::InFlight;
-                meta.conn = token;
-                self.shared.slots.on_wire(idx);
+        }
+        None
+    }
+
+    /// Writes the call into a connection with room; false when none has.
+    fn place(&mut self, core: &mut Core, idx: u32) -> bool {
+        let Some(token) = self.pick(core) else {
+            return false;
+        };
+        let Some(ep) = core.conn(token) else {
+            return false;
+        };
+        let id = self.wire_id(idx, self.metas[idx as usize].gen);
+        // The caller checked against the limit known then; the connection's peer has the
+        // last word (a call made before any handshake completed did not know it).
+        let max = ep.conn.peer_max_frame_len().unwrap_or(u32::MAX);
+        let refused = {
+            let d = self.shared.slots.get(idx).data();
+            let fits = d.request.len() <= max as usize;
+            if fits {
+                ep.conn.send_frame(id, FrameKind::Request, &d.request);
             }
+            (!fits).then_some(d.request.len())
+        };
+        if let Some(len) = refused {
+            self.deadlines.remove(idx);
+            self.metas[idx as usize].state = CallState::Idle;
+            self.complete(idx, Err(Error::TooLarge { len, max }), core.now);
             return true;
         }
-        false
+        core.mark_dirty(token);
+        let meta = &mut self.metas[idx as usize];
+        meta.state = CallState::InFlight;
+        meta.conn = token;
+        self.shared.slots.on_wire(idx);
+        true
+    }
+
+    /// Writes a send's payload into a connection with room: `None` when none has, else
+    /// whether it went (a payload above the peer's limit does not).
+    fn place_send(&mut self, core: &mut Core, payload: &[u8]) -> Option<Result<(), Error>> {
+        let token = self.pick(core)?;
+        let ep = core.conn(token)?;
+        let max = ep.conn.peer_max_frame_len().unwrap_or(u32::MAX);
+        if payload.len() > max as usize {
+            let len = payload.len();
+            return Some(Err(Error::TooLarge { len, max }));
+        }
+        // No response comes, so the id means nothing (the fastrpc profile sends 0 anyway).
+        ep.conn.send_frame(0, FrameKind::RequestNoReply, payload);
+        core.mark_dirty(token);
+        Some(Ok(()))
     }
 
     fn place_waiting(&mut self, core: &mut Core) {
-        while let Some(&(idx, gen)) = self.waiting.front() {
+        while let Some((idx, gen, send)) = self.waiting.pop_front() {
             let meta = &self.metas[idx as usize];
             if meta.state != CallState::Waiting || meta.gen != gen {
-                self.waiting.pop_front(); // timed out meanwhile
+                // Timed out meanwhile.
+                if let Some(buf) = send {
+                    self.shared.slots.give_buffer(buf);
+                }
                 continue;
             }
-            if !self.place(core, idx) {
+            let placed = match &send {
+                None => self.place(core, idx),
+                Some(buf) => match self.place_send(core, buf) {
+                    None => false,
+                    Some(sent) => {
+                        // Sent is done: the send completes once it is in the batch.
+                        self.deadlines.remove(idx);
+                        self.metas[idx as usize].state = CallState::Idle;
+                        self.complete(idx, sent.map(|()| Vec::new()), core.now);
+                        true
+                    }
+                },
+            };
+            if !placed {
+                self.waiting.push_front((idx, gen, send));
                 return;
             }
-            self.waiting.pop_front();
+            if let Some(buf) = send {
+                self.shared.slots.give_buffer(buf);
+            }
         }
     }
 
@@ -318,9 +385,17 @@ impl ClientCore {
         let now = Instant::now();
         self.fail_calls(&Error::Closed, now, |_| true);
         self.waiting.clear();
-        while let Some(idx) = self.shared.submit.pop() {
+        while let Some(sub) = self.shared.submit.pop() {
             self.shared.stats.error(&Error::Closed);
-            self.shared.slots.complete(idx, Err(Error::Closed), true);
+            match sub {
+                Submission::Call(idx) => {
+                    self.shared.slots.complete(idx, Err(Error::Closed), true);
+                }
+                Submission::Send(idx, buf) => {
+                    self.shared.slots.release_reserved(idx);
+                    self.shared.slots.give_buffer(buf);
+                }
+            }
         }
         self.shared.report_ready(Err(Error::Closed));
         if let Some(core) = core {
@@ -434,8 +509,11 @@ impl Service for ClientCore {
                 self.dial(core, slot);
             }
         }
-        while let Some(idx) = self.shared.submit.pop() {
-            self.admit(core, idx);
+        while let Some(sub) = self.shared.submit.pop() {
+            match sub {
+                Submission::Call(idx) => self.admit(core, idx),
+                Submission::Send(idx, buf) => self.admit_send(core, idx, buf),
+            }
         }
         self.place_waiting(core);
         while let Some(idx) = self.deadlines.pop_expired(now) {

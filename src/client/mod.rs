@@ -19,7 +19,6 @@ use crate::reactor::{self, Driver, Reactor, ReactorShared};
 use crate::stats::{SharedStats, Stats, C};
 use crate::transport::{Address, CustomStream, Stream, ToAddress};
 use crate::wire::conn::{ConnConfig, Profile, Role};
-use crate::wire::frame::FrameKind;
 use crate::{Compression, ConnInfo, Error, Result};
 use slots::{Slots, CALLER, REACTOR};
 
@@ -46,7 +45,7 @@ pub(crate) struct ClientConfig {
 /// State shared by the client handles, their pending calls and the reactor side.
 pub(crate) struct ClientShared {
     pub slots: Slots,
-    pub submit: ArrayQueue<u32>,
+    pub submit: ArrayQueue<Submission>,
     pub stats: SharedStats,
     pub idx_bits: u32,
     pub gen_mask: u32,
@@ -86,29 +85,30 @@ impl ClientShared {
         }
     }
 
-    /// Puts call `idx` in the submission queue, unless the client is closed.
-    fn enqueue(&self, idx: u32) -> Result<()> {
+    /// Puts a call or a send in the submission queue, unless the client is closed.
+    fn enqueue(&self, sub: Submission) -> Result<()> {
         self.entering.fetch_add(1, Ordering::SeqCst);
         if self.closed.load(Ordering::SeqCst) {
             self.entering.fetch_sub(1, Ordering::SeqCst);
-            self.slots.release(idx);
+            match sub {
+                Submission::Call(idx) => self.slots.release(idx),
+                Submission::Send(idx, buf) => {
+                    self.slots.release_reserved(idx);
+                    self.slots.give_buffer(buf);
+                }
+            }
             self.stats.error(&Error::Closed);
             return Err(Error::Closed);
         }
-        // Cannot fail: the queue holds as many entries as there are slots.
-        let _ = self.submit.push(idx);
+        // Cannot fail: every entry holds one of the slots, and the queue has room for all.
+        let _ = self.submit.push(sub);
         self.entering.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
 
-    /// Takes a slot and writes the request into it (not yet submitted).
-    fn prepare(
-        &self,
-        req: Body<'_>,
-        kind: FrameKind,
-        timeout: Duration,
-        state: u32,
-    ) -> Result<u32> {
+    /// Checks a request against the size limit and the client's state before it takes a slot.
+    #[inline]
+    fn admissible(&self, req: &Body<'_>) -> Result<()> {
         let max = self.send_limit.load(Ordering::Relaxed);
         if req.len() > max as usize {
             let e = Error::TooLarge {
@@ -122,23 +122,51 @@ impl ClientShared {
             self.stats.error(&Error::Closed);
             return Err(Error::Closed);
         }
-        let Some(idx) = self.slots.alloc(state).or_else(|| self.make_room(state)) else {
-            self.stats.error(&Error::Overflow);
-            return Err(Error::Overflow);
-        };
+        Ok(())
+    }
+
+    /// Takes a slot for a call or a send, or fails with `Overflow`.
+    #[inline]
+    fn alloc(&self, state: u32) -> Result<u32> {
+        match self.slots.alloc(state).or_else(|| self.make_room(state)) {
+            Some(idx) => Ok(idx),
+            None => {
+                self.stats.error(&Error::Overflow);
+                Err(Error::Overflow)
+            }
+        }
+    }
+
+    /// Takes a slot and writes the request into it (not yet submitted).
+    fn prepare(&self, req: Body<'_>, timeout: Duration, state: u32) -> Result<u32> {
+        self.admissible(&req)?;
+        let idx = self.alloc(state)?;
         let mut d = self.slots.get(idx).data();
         req.write_to(&mut d.request);
-        d.kind = kind;
         d.timeout = timeout;
         d.submitted = Instant::now();
         Ok(idx)
     }
 
-    fn submit(&self, req: Body<'_>, kind: FrameKind, timeout: Duration, state: u32) -> Result<u32> {
-        let idx = self.prepare(req, kind, timeout, state)?;
-        self.enqueue(idx)?;
+    fn submit(&self, req: Body<'_>, timeout: Duration, state: u32) -> Result<u32> {
+        let idx = self.prepare(req, timeout, state)?;
+        self.enqueue(Submission::Call(idx))?;
         self.notify();
         Ok(idx)
+    }
+
+    /// Submits a request that wants no response. It holds a slot (so that sends count against
+    /// `max_pending_requests` like calls) but uses none of the slot's data: the payload travels
+    /// through the submission queue in a pooled buffer, and the reactor frees the slot as soon
+    /// as the frame is in a connection's batch. No lock, no clock read, no deadline.
+    fn send(&self, req: Body<'_>) -> Result<()> {
+        self.admissible(&req)?;
+        let idx = self.alloc(REACTOR)?;
+        let mut buf = self.slots.take_buffer();
+        req.write_to(&mut buf);
+        self.enqueue(Submission::Send(idx, buf))?;
+        self.notify();
+        Ok(())
     }
 
     /// Every slot is taken. If some are held by calls still in the submission queue (sends
@@ -192,6 +220,15 @@ impl ClientShared {
         }
         self.slots.wait(idx)
     }
+}
+
+/// An entry of the submission queue: what callers hand to the reactor, in the order they
+/// made them.
+pub(crate) enum Submission {
+    /// A call prepared in slot `idx`.
+    Call(u32),
+    /// A send holding slot `idx` (only for the count), with its payload.
+    Send(u32, Vec<u8>),
 }
 
 /// What a call sends.
@@ -614,8 +651,8 @@ impl Client {
     /// Makes a call and waits for its outcome, driving the reactor if nobody does.
     pub(crate) fn call_body(&self, req: Body<'_>, timeout: Duration) -> Result<Response> {
         let shared = self.shared();
-        let idx = shared.prepare(req, FrameKind::Request, timeout, CALLER | REACTOR)?;
-        shared.enqueue(idx)?;
+        let idx = shared.prepare(req, timeout, CALLER | REACTOR)?;
+        shared.enqueue(Submission::Call(idx))?;
         // Told by `wait` only if it cannot drive the reactor itself.
         let call = PendingCall {
             shared: shared.clone(),
@@ -651,7 +688,7 @@ impl Client {
     /// Submits a call; its outcome is taken from the handle.
     pub(crate) fn start(&self, req: Body<'_>, timeout: Duration) -> Result<PendingCall> {
         let shared = self.shared();
-        let idx = shared.submit(req, FrameKind::Request, timeout, CALLER | REACTOR)?;
+        let idx = shared.submit(req, timeout, CALLER | REACTOR)?;
         Ok(PendingCall {
             shared: shared.clone(),
             idx,
@@ -667,14 +704,7 @@ impl Client {
 
     /// Submits a call that wants no response.
     pub(crate) fn send_body(&self, req: Body<'_>) -> Result<()> {
-        let shared = self.shared();
-        shared.submit(
-            req,
-            FrameKind::RequestNoReply,
-            shared.request_timeout,
-            REACTOR,
-        )?;
-        Ok(())
+        self.shared().send(req)
     }
 
     /// A batch: add calls, then submit them together and wait for all.
@@ -863,12 +893,9 @@ impl Batch {
     /// Adds a call. Fails at once, for this call only, with [`Error::TooLarge`],
     /// [`Error::Overflow`] or [`Error::Closed`].
     pub fn add(&mut self, req: &[u8]) -> Result<()> {
-        let idx = self.shared.prepare(
-            Body::Bytes(req),
-            FrameKind::Request,
-            self.timeout,
-            CALLER | REACTOR,
-        )?;
+        let idx = self
+            .shared
+            .prepare(Body::Bytes(req), self.timeout, CALLER | REACTOR)?;
         self.calls.push(idx);
         Ok(())
     }
@@ -888,7 +915,7 @@ impl Batch {
         let calls = std::mem::take(&mut self.calls);
         let mut submitted = Vec::with_capacity(calls.len());
         for &idx in &calls {
-            submitted.push(self.shared.enqueue(idx));
+            submitted.push(self.shared.enqueue(Submission::Call(idx)));
         }
         let mut notified = false;
         calls

@@ -4,6 +4,8 @@
 //! slot's `state` word says who still holds it:
 //!
 //! - `CALLER`: a [`super::PendingCall`] exists and will take the outcome (absent for `send`);
+//!   a send's slot only counts it against `max_pending_requests`: its payload travels in the
+//!   submission queue, and the slot's data is used only if it has to wait for a connection;
 //! - `REACTOR`: the reactor has yet to complete the call (set from submission to completion);
 //! - `WIRE`: the request is on a connection and its response may still come. A call that
 //!   timed out keeps this until the late response arrives or the connection closes, so that
@@ -25,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::wire::frame::FrameKind;
 use crate::Error;
 
 pub(crate) const CALLER: u32 = 1;
@@ -44,8 +45,6 @@ const POOL_MAX_BUF: usize = 1 << 20;
 pub(crate) struct SlotData {
     /// The request payload (its capacity is kept across calls).
     pub request: Vec<u8>,
-    /// `Request` or `RequestNoReply`.
-    pub kind: FrameKind,
     /// When the caller submitted it.
     pub submitted: Instant,
     /// How long the caller will wait.
@@ -67,7 +66,6 @@ impl Slot {
             state: AtomicU32::new(0),
             data: Mutex::new(SlotData {
                 request: Vec::new(),
-                kind: FrameKind::Request,
                 submitted: Instant::now(),
                 timeout: Duration::ZERO,
                 outcome: None,
@@ -144,6 +142,13 @@ impl Slots {
             }
         }
         slot.state.store(0, Ordering::Release);
+        // Cannot fail: at most `capacity` slots exist.
+        let _ = self.free.push(idx);
+    }
+
+    /// Returns a slot that only counted a send (its data untouched) to the free list.
+    pub fn release_reserved(&self, idx: u32) {
+        self.get(idx).state.store(0, Ordering::Release);
         // Cannot fail: at most `capacity` slots exist.
         let _ = self.free.push(idx);
     }
