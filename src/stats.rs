@@ -16,7 +16,9 @@ pub struct Stats {
     pub calls: u64,
     /// Calls or requests that ended in an error, by kind.
     pub errors: ErrorCounts,
-    /// Sum of call durations, submission to completion (client), in nanoseconds.
+    /// Sum of call durations (client), in nanoseconds: from the moment the reactor took the
+    /// call in (read once per batch of calls, a little after their submission) to its
+    /// completion.
     pub call_time_ns: u64,
     /// Bytes read from sockets.
     pub bytes_read: u64,

@@ -633,3 +633,67 @@ fn callers_driving_one_client_in_turns_all_complete() {
         wait_until(WAIT, "every slot free", || client.pending_requests() == 0);
     });
 }
+
+/// Per calling thread, sends (small ones carried in their submission, large ones in a buffer)
+/// and calls reach the wire in the order they were made: a pipelined server sees them so.
+#[test]
+fn sends_and_calls_keep_their_order() {
+    run(|| {
+        let seen = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+        let log = seen.clone();
+        let server = Server::builder()
+            .pipeline(true)
+            .handler(move |_: &RequestCtx, req: &[u8], resp: &mut Vec<u8>| {
+                log.lock().unwrap().push(req.to_vec());
+                resp.extend_from_slice(req);
+                Ok(())
+            })
+            .bind("127.0.0.1:0")
+            .unwrap();
+        let client = Client::builder(server.local_addr())
+            .max_pending_requests(64)
+            .connect()
+            .unwrap();
+        const N: u32 = 3000;
+        let mut made = Vec::new();
+        let mut window = std::collections::VecDeque::new();
+        for i in 0..N {
+            let mut req = i.to_le_bytes().to_vec();
+            if i % 3 == 1 {
+                req.resize(100, b'x'); // above what a submission carries inline
+            }
+            loop {
+                let sent = match i % 3 {
+                    2 => client
+                        .call_async(&req)
+                        .map(|p| window.push_back((p, req.clone()))),
+                    _ => client.send(&req),
+                };
+                match sent {
+                    Ok(()) => break,
+                    Err(Error::Overflow) => {
+                        if let Some((p, want)) = window.pop_front() {
+                            assert_eq!(&*p.wait().unwrap(), &want[..]);
+                        } else {
+                            std::thread::yield_now();
+                        }
+                    }
+                    Err(e) => panic!("request {i}: {e}"),
+                }
+            }
+            made.push(req);
+            if window.len() > 20 {
+                let (p, want) = window.pop_front().unwrap();
+                assert_eq!(&*p.wait().unwrap(), &want[..]);
+            }
+        }
+        for (p, want) in window {
+            assert_eq!(&*p.wait().unwrap(), &want[..]);
+        }
+        wait_until(WAIT, "every request to reach the handler", || {
+            seen.lock().unwrap().len() == N as usize
+        });
+        assert!(*seen.lock().unwrap() == made, "requests out of order");
+        assert_eq!(client.stats().calls, u64::from(N));
+    });
+}

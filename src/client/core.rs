@@ -41,6 +41,7 @@ struct CallMeta {
     gen: u32,
     state: CallState,
     conn: usize,
+    /// When it was admitted (`admitted_at`).
     submitted: Instant,
 }
 
@@ -72,6 +73,11 @@ pub(crate) struct ClientCore {
     closing: bool,
     /// Calls admitted and not yet completed.
     outstanding: usize,
+    /// This turn's submissions, taken from the queue before they are admitted (kept for its
+    /// capacity).
+    admitting: Vec<Submission>,
+    /// When the current batch of submissions was admitted: read after they were all taken.
+    admitted_at: Instant,
 }
 
 impl ClientCore {
@@ -99,6 +105,8 @@ impl ClientCore {
             opened_once: false,
             closing: false,
             outstanding: 0,
+            admitting: Vec::new(),
+            admitted_at: now,
             cfg,
         };
         for stream in streams {
@@ -163,16 +171,16 @@ impl ClientCore {
         (gen << self.shared.idx_bits) | idx
     }
 
-    /// Takes a submitted call into the reactor's books.
+    /// Takes a submitted call into the reactor's books. Its deadline counts from
+    /// `admitted_at`, read once per batch of submissions after they were taken (the caller
+    /// reads no clock): the time the call spent in the submission queue is not counted.
     fn admit(&mut self, core: &mut Core, idx: u32) {
-        let (submitted, timeout) = {
-            let d = self.shared.slots.get(idx).data();
-            (d.submitted, d.timeout)
-        };
-        let gen = self.book(core, idx, submitted);
-        match submitted.checked_add(timeout) {
-            Some(at) if at <= core.now => {
-                self.complete(idx, Err(Error::Timeout), core.now);
+        let timeout = self.shared.slots.get(idx).data().timeout;
+        let now = self.admitted_at;
+        let gen = self.book(core, idx);
+        match now.checked_add(timeout) {
+            Some(at) if at <= now => {
+                self.complete(idx, Err(Error::Timeout), now);
                 return;
             }
             Some(at) => self.deadlines.insert(idx, timeout, at),
@@ -187,31 +195,51 @@ impl ClientCore {
     /// Takes a submitted send: into a connection's batch at once when one has room and
     /// nothing waits before it (its slot is free again right away, and the reactor keeps no
     /// books on it), else into the waiting line like a call, with the request timeout counted
-    /// from now.
+    /// from `admitted_at`.
     fn admit_send(&mut self, core: &mut Core, idx: u32, buf: Vec<u8>) {
-        if self.waiting.is_empty() {
-            if let Some(sent) = self.place_send(core, &buf) {
-                match sent {
-                    Ok(()) => self.shared.stats.inc(C::calls),
-                    Err(e) => self.shared.stats.error(&e),
-                }
-                self.shared.slots.release_reserved(idx);
-                self.shared.slots.give_buffer(buf);
-                return;
-            }
+        if self.waiting.is_empty() && self.send_now(core, idx, &buf) {
+            self.shared.slots.give_buffer(buf);
+            return;
         }
-        let gen = self.book(core, idx, core.now);
+        self.wait_send(core, idx, buf);
+    }
+
+    /// [`ClientCore::admit_send`] for a payload carried in the submission entry.
+    fn admit_send_inline(&mut self, core: &mut Core, idx: u32, payload: &[u8]) {
+        if !(self.waiting.is_empty() && self.send_now(core, idx, payload)) {
+            let mut buf = self.shared.slots.take_buffer();
+            buf.extend_from_slice(payload);
+            self.wait_send(core, idx, buf);
+        }
+    }
+
+    /// Writes a send into a connection with room and frees its slot; false when none has.
+    fn send_now(&mut self, core: &mut Core, idx: u32, payload: &[u8]) -> bool {
+        let Some(sent) = self.place_send(core, payload) else {
+            return false;
+        };
+        match sent {
+            Ok(()) => self.shared.stats.inc(C::calls),
+            Err(e) => self.shared.stats.error(&e),
+        }
+        self.shared.slots.release_reserved(idx);
+        true
+    }
+
+    /// Puts a send in the waiting line, with the request timeout counted from `admitted_at`.
+    fn wait_send(&mut self, core: &mut Core, idx: u32, buf: Vec<u8>) {
+        let gen = self.book(core, idx);
         let timeout = self.shared.request_timeout;
-        if let Some(at) = core.now.checked_add(timeout) {
+        if let Some(at) = self.admitted_at.checked_add(timeout) {
             self.deadlines.insert(idx, timeout, at);
         }
         self.metas[idx as usize].state = CallState::Waiting;
         self.waiting.push_back((idx, gen, Some(buf)));
     }
 
-    /// Opens the books on an admitted call in slot `idx`: counts it outstanding and gives it
-    /// its generation (returned).
-    fn book(&mut self, core: &Core, idx: u32, submitted: Instant) -> u32 {
+    /// Opens the books on a call in slot `idx` admitted at `admitted_at`: counts it
+    /// outstanding and gives it its generation (returned).
+    fn book(&mut self, core: &Core, idx: u32) -> u32 {
         self.outstanding += 1;
         let i = idx as usize;
         if self.metas.len() <= i {
@@ -228,7 +256,7 @@ impl ClientCore {
         }
         let meta = &mut self.metas[i];
         meta.gen = (meta.gen + 1) & self.shared.gen_mask;
-        meta.submitted = submitted;
+        meta.submitted = self.admitted_at;
         meta.gen
     }
 
@@ -395,6 +423,7 @@ impl ClientCore {
                     self.shared.slots.release_reserved(idx);
                     self.shared.slots.give_buffer(buf);
                 }
+                Submission::SendInline(idx, ..) => self.shared.slots.release_reserved(idx),
             }
         }
         self.shared.report_ready(Err(Error::Closed));
@@ -509,11 +538,24 @@ impl Service for ClientCore {
                 self.dial(core, slot);
             }
         }
-        while let Some(sub) = self.shared.submit.pop() {
-            match sub {
-                Submission::Call(idx) => self.admit(core, idx),
-                Submission::Send(idx, buf) => self.admit_send(core, idx, buf),
+        if !self.shared.submit.is_empty() {
+            let mut batch = std::mem::take(&mut self.admitting);
+            while let Some(sub) = self.shared.submit.pop() {
+                batch.push(sub);
             }
+            // One clock read for the whole batch, after every entry was taken: no call's
+            // deadline starts before the call was submitted (the turn's start may precede it).
+            self.admitted_at = Instant::now().max(core.now);
+            for sub in batch.drain(..) {
+                match sub {
+                    Submission::Call(idx) => self.admit(core, idx),
+                    Submission::Send(idx, buf) => self.admit_send(core, idx, buf),
+                    Submission::SendInline(idx, len, bytes) => {
+                        self.admit_send_inline(core, idx, &bytes[..usize::from(len)]);
+                    }
+                }
+            }
+            self.admitting = batch;
         }
         self.place_waiting(core);
         while let Some(idx) = self.deadlines.pop_expired(now) {

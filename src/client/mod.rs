@@ -96,6 +96,7 @@ impl ClientShared {
                     self.slots.release_reserved(idx);
                     self.slots.give_buffer(buf);
                 }
+                Submission::SendInline(idx, ..) => self.slots.release_reserved(idx),
             }
             self.stats.error(&Error::Closed);
             return Err(Error::Closed);
@@ -144,7 +145,6 @@ impl ClientShared {
         let mut d = self.slots.get(idx).data();
         req.write_to(&mut d.request);
         d.timeout = timeout;
-        d.submitted = Instant::now();
         Ok(idx)
     }
 
@@ -162,9 +162,23 @@ impl ClientShared {
     fn send(&self, req: Body<'_>) -> Result<()> {
         self.admissible(&req)?;
         let idx = self.alloc(REACTOR)?;
-        let mut buf = self.slots.take_buffer();
-        req.write_to(&mut buf);
-        self.enqueue(Submission::Send(idx, buf))?;
+        let sub = match req {
+            Body::Bytes(bytes) if bytes.len() <= SEND_INLINE => {
+                let mut inline = [0; SEND_INLINE];
+                inline[..bytes.len()].copy_from_slice(bytes);
+                Submission::SendInline(idx, bytes.len() as u8, inline)
+            }
+            _ => {
+                let mut buf = self.slots.take_buffer();
+                req.write_to(&mut buf);
+                Submission::Send(idx, buf)
+            }
+        };
+        // Without `enqueue`'s fence against closing: nobody waits for a send's outcome, so a
+        // send that races with `close` and lands after the reactor's last look at the queue
+        // only ends as one that got in before would: not written (its buffer is freed with the
+        // queue). A send made after `close` returned fails with `Closed` above.
+        let _ = self.submit.push(sub);
         self.notify();
         Ok(())
     }
@@ -229,7 +243,14 @@ pub(crate) enum Submission {
     Call(u32),
     /// A send holding slot `idx` (only for the count), with its payload.
     Send(u32, Vec<u8>),
+    /// A send of at most [`SEND_INLINE`] bytes, carried in the entry itself: no buffer to take
+    /// from the pool and give back.
+    SendInline(u32, u8, [u8; SEND_INLINE]),
 }
+
+/// The largest send carried inside its submission entry (the entry is as large as with a
+/// buffer: 32 bytes).
+const SEND_INLINE: usize = 24;
 
 /// What a call sends.
 #[derive(Debug, Clone, Copy)]

@@ -23,7 +23,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread::Thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 
@@ -45,8 +45,6 @@ const POOL_MAX_BUF: usize = 1 << 20;
 pub(crate) struct SlotData {
     /// The request payload (its capacity is kept across calls).
     pub request: Vec<u8>,
-    /// When the caller submitted it.
-    pub submitted: Instant,
     /// How long the caller will wait.
     pub timeout: Duration,
     /// Set by the reactor on completion.
@@ -66,7 +64,6 @@ impl Slot {
             state: AtomicU32::new(0),
             data: Mutex::new(SlotData {
                 request: Vec::new(),
-                submitted: Instant::now(),
                 timeout: Duration::ZERO,
                 outcome: None,
                 waiter: None,
