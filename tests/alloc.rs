@@ -1,6 +1,6 @@
 //! The hot path allocates nothing per call once warm: `call_async` + `wait` with the raw-bytes
-//! API, client and server in this process, counted by a global allocator that tallies every
-//! allocation made by any thread.
+//! API (and with the fastrpc profile), and `send`, client and server in this process, counted
+//! by a global allocator that tallies every allocation made by any thread.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -154,5 +154,46 @@ fn steady_state_sends_do_not_allocate() {
             per_send < 0.01,
             "{per_send} allocations per send (workers {workers})"
         );
+    }
+}
+
+/// The fastrpc profile's hot path allocates nothing per call either: the client's per
+/// connection id map and the server's `tlv` handler wrapper reuse what they have.
+#[test]
+fn steady_state_fastrpc_calls_do_not_allocate() {
+    use batchrpc::fastrpc;
+    let _turn = one_at_a_time();
+    let server = fastrpc::Server::builder()
+        .workers(2)
+        .handler(
+            |_: &RequestCtx, _name: &[u8], _value: &[u8], resp: &mut Vec<u8>| {
+                resp.extend_from_slice(&BODY);
+                Ok(())
+            },
+        )
+        .bind("127.0.0.1:0")
+        .expect("bind");
+    let client = fastrpc::Client::builder(server.local_addr())
+        .connect()
+        .expect("connect");
+    let run = |window: usize, rounds: usize| {
+        let mut pending = Vec::with_capacity(window);
+        let before = ALLOCS.load(Ordering::Relaxed);
+        for _ in 0..rounds {
+            for _ in 0..window {
+                pending.push(client.call_async(b"foo", b"bar").expect("call_async"));
+            }
+            for p in pending.drain(..) {
+                assert_eq!(p.wait().expect("response").len(), BODY.len());
+            }
+        }
+        (ALLOCS.load(Ordering::Relaxed) - before) as f64 / (window * rounds) as f64
+    };
+    for window in [1, 100] {
+        run(window, 1000 / window + 20);
+        let calls = if window == 1 { 2_000 } else { 20_000 };
+        let per_call = run(window, calls / window);
+        println!("fastrpc window={window}: {per_call:.4} allocations per call");
+        assert!(per_call < 0.01, "{per_call} allocations per fastrpc call");
     }
 }
