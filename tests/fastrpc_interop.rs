@@ -100,33 +100,30 @@ impl Scenario {
 
     /// Go's requests, in wire order.
     fn requests(&self) -> Vec<Req> {
-        let c2s = self.c2s();
-        let plain = decompress(self.client, &c2s[self.hello_len()..]);
-        let mut inbound = Parser {
-            plain,
-            ..Parser::default()
-        };
-        let all: Vec<Req> = std::iter::from_fn(|| inbound.request()).collect();
-        assert!(
-            inbound.leftover().is_empty(),
-            "{}: c2s ends inside a frame",
-            self.name
-        );
-        all
+        self.frames("c2s", self.client, Parser::request)
     }
 
     /// Go's responses, in wire order.
     fn responses(&self) -> Vec<Resp> {
-        let s2c = self.s2c();
-        let plain = decompress(self.server, &s2c[self.hello_len()..]);
+        self.frames("s2c", self.server, Parser::response)
+    }
+
+    /// Every frame of one direction's capture, which must end on a frame boundary.
+    fn frames<T>(
+        &self,
+        dir: &str,
+        compression: Compression,
+        next: fn(&mut Parser) -> Option<T>,
+    ) -> Vec<T> {
+        let wire = load(self.name, dir);
         let mut inbound = Parser {
-            plain,
+            plain: decompress(compression, &wire[self.hello_len()..]),
             ..Parser::default()
         };
-        let all: Vec<Resp> = std::iter::from_fn(|| inbound.response()).collect();
+        let all: Vec<T> = std::iter::from_fn(|| next(&mut inbound)).collect();
         assert!(
             inbound.leftover().is_empty(),
-            "{}: s2c ends inside a frame",
+            "{}: {dir} ends inside a frame",
             self.name
         );
         all
