@@ -10,7 +10,7 @@ use std::time::Instant;
 use batchrpc::wire::compress::{Decoder, Encoder, DEFAULT_FLATE_LEVEL, SNAPPY_MAX_CHUNK};
 use batchrpc::wire::conn::{Conn, ConnConfig, Profile, Role, State};
 use batchrpc::wire::fastrpc;
-use batchrpc::wire::frame::{self, FrameError, FrameKind, HEADER_LEN};
+use batchrpc::wire::frame::{self, Frame, FrameError, FrameKind, HEADER_LEN};
 use batchrpc::wire::handshake::{self, Hello, HELLO_LEN};
 use batchrpc::wire::ProtocolError;
 use batchrpc::Compression;
@@ -202,14 +202,26 @@ pub fn conn_server(data: &[u8]) {
                 let hello = Hello::new(Compression::None, false).with_max_frame_len(MAX_FRAME);
                 assert_eq!(server.poll_transmit(now), Some(&hello.encode()[..]));
             }
-            drain(&mut server, &mut delivered, &mut end);
+            drain(
+                &mut server,
+                &mut delivered,
+                &mut end,
+                MEMORY_BOUND,
+                native_request,
+            );
         }
     }
     if !eof {
         return;
     }
     server.handle_eof();
-    drain(&mut server, &mut delivered, &mut end);
+    drain(
+        &mut server,
+        &mut delivered,
+        &mut end,
+        MEMORY_BOUND,
+        native_request,
+    );
     assert_eq!(server.state(), State::Closed, "end of stream closes");
     assert_eq!(server.close_reason(), Some(&end));
     if plain_mode {
@@ -278,18 +290,23 @@ pub fn described_batches(data: &[u8]) -> Vec<Vec<u8>> {
     batches
 }
 
-/// Decodes every frame the server has, checking each, and records how decoding ended.
-fn drain(server: &mut Conn, delivered: &mut Vec<Delivered>, end: &mut Result<(), ProtocolError>) {
+/// Decodes every frame `conn` has, checking each with `check`, records how decoding ended, and
+/// checks that its buffers stay under `memory`.
+fn drain(
+    conn: &mut Conn,
+    delivered: &mut Vec<Delivered>,
+    end: &mut Result<(), ProtocolError>,
+    memory: usize,
+    check: impl Fn(&Frame<'_>),
+) {
     loop {
-        match server.poll_frame() {
+        match conn.poll_frame() {
             Ok(Some(f)) => {
-                assert!(f.payload.len() <= MAX_FRAME as usize);
-                assert!(f.kind.is_request(), "a server never delivers {:?}", f.kind);
-                let payload = f.payload.to_vec();
+                check(&f);
                 delivered.push(Delivered {
                     id: f.id,
                     kind: f.kind,
-                    payload,
+                    payload: f.payload.to_vec(),
                 });
             }
             Ok(None) => break,
@@ -300,10 +317,16 @@ fn drain(server: &mut Conn, delivered: &mut Vec<Delivered>, end: &mut Result<(),
         }
     }
     assert!(
-        server.buffered_capacity() <= MEMORY_BOUND,
+        conn.buffered_capacity() <= memory,
         "{} bytes buffered",
-        server.buffered_capacity()
+        conn.buffered_capacity()
     );
+}
+
+/// The checks of a native server's frames.
+fn native_request(f: &Frame<'_>) {
+    assert!(f.payload.len() <= MAX_FRAME as usize);
+    assert!(f.kind.is_request(), "a server never delivers {:?}", f.kind);
 }
 
 /// What a server must make of a plain stream that then ends: its frames, and how it closes.
@@ -419,14 +442,26 @@ pub fn conn_fastrpc(data: &[u8]) {
                     conn.handle_sent(3);
                 }
             }
-            drain_fastrpc(&mut conn, &mut delivered, &mut end);
+            drain(
+                &mut conn,
+                &mut delivered,
+                &mut end,
+                FASTRPC_MEMORY_BOUND,
+                fastrpc_frame(role == Role::Server),
+            );
         }
     }
     if !eof {
         return;
     }
     conn.handle_eof();
-    drain_fastrpc(&mut conn, &mut delivered, &mut end);
+    drain(
+        &mut conn,
+        &mut delivered,
+        &mut end,
+        FASTRPC_MEMORY_BOUND,
+        fastrpc_frame(role == Role::Server),
+    );
     assert_eq!(conn.state(), State::Closed, "end of stream closes");
     assert_eq!(conn.close_reason(), Some(&end));
     if plain_mode {
@@ -438,41 +473,19 @@ pub fn conn_fastrpc(data: &[u8]) {
     }
 }
 
-fn drain_fastrpc(
-    conn: &mut Conn,
-    delivered: &mut Vec<Delivered>,
-    end: &mut Result<(), ProtocolError>,
-) {
-    let server = conn.config().role == Role::Server;
-    loop {
-        match conn.poll_frame() {
-            Ok(Some(f)) => {
-                assert_eq!(f.kind.is_request(), server, "{:?}", f.kind);
-                if server {
-                    assert!(fastrpc::split_request_body(f.payload).is_some());
-                    assert_eq!(f.kind == FrameKind::RequestNoReply, f.id == 0);
-                } else {
-                    assert!(f.payload.len() <= fastrpc::MAX_FIELD_LEN as usize);
-                    assert!((1000..1000 + FASTRPC_CALLS).contains(&f.id));
-                }
-                delivered.push(Delivered {
-                    id: f.id,
-                    kind: f.kind,
-                    payload: f.payload.to_vec(),
-                });
-            }
-            Ok(None) => break,
-            Err(e) => {
-                *end = Err(e);
-                break;
-            }
+/// The checks of a fastrpc connection's frames: a server's are requests with a `tlv` body (id 0
+/// exactly when no reply is wanted), a client's answers to its own calls under their ids.
+fn fastrpc_frame(server: bool) -> impl Fn(&Frame<'_>) {
+    move |f| {
+        assert_eq!(f.kind.is_request(), server, "{:?}", f.kind);
+        if server {
+            assert!(fastrpc::split_request_body(f.payload).is_some());
+            assert_eq!(f.kind == FrameKind::RequestNoReply, f.id == 0);
+        } else {
+            assert!(f.payload.len() <= fastrpc::MAX_FIELD_LEN as usize);
+            assert!((1000..1000 + FASTRPC_CALLS).contains(&f.id));
         }
     }
-    assert!(
-        conn.buffered_capacity() <= FASTRPC_MEMORY_BOUND,
-        "{} bytes buffered",
-        conn.buffered_capacity()
-    );
 }
 
 /// What a fastrpc connection of `role` must make of a plain stream that then ends: the frames
