@@ -107,6 +107,11 @@ struct Args {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0")]
     delay: Duration,
 
+    /// Busy polling of the clients' and the in-process server's reactors before they sleep
+    /// (ClientBuilder::busy_poll, ServerBuilder::busy_poll; 0 = never spin).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "50us")]
+    busy_poll: Duration,
+
     /// How long to measure, after the warm-up. [default: 10s unless --calls is given]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "calls")]
     duration: Option<Duration>,
@@ -511,6 +516,7 @@ fn start_server(
         .max_batch_delay(server_delay(args))
         .pipeline(args.pipeline)
         .inline_budget(args.server_inline_budget)
+        .busy_poll(args.busy_poll)
         .max_queued_requests(max_queued);
     if let Some(w) = args.server_workers {
         builder = builder.workers(w);
@@ -606,6 +612,7 @@ fn run(args: Args) -> Result<(), Error> {
                 .conns(args.conns)
                 .compression(compression)
                 .max_batch_delay(args.delay)
+                .busy_poll(args.busy_poll)
                 .request_timeout(args.timeout)
                 .max_pending_requests(max_pending)
                 .connect()
@@ -632,11 +639,12 @@ fn run(args: Args) -> Result<(), Error> {
     println!("batchrpc loadgen: {server_desc}");
     println!(
         "  {n_clients} clients x {} conns, {n_threads} caller threads x {window} in flight, \
-         request {} B, compression {}, client delay {}, timeout {}, warm-up {}, {}",
+         request {} B, compression {}, client delay {}, busy poll {}, timeout {}, warm-up {}, {}",
         args.conns,
         args.payload,
         compression,
         show_duration(args.delay),
+        show_duration(args.busy_poll),
         show_duration(args.timeout),
         show_duration(args.warmup),
         match (args.calls, duration) {

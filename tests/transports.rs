@@ -392,6 +392,77 @@ fn manual_drive_on_one_thread() {
     });
 }
 
+/// Busy polling never makes a wait longer: `poll_once`'s timeout still bounds it, and hand-offs
+/// from other threads (a worker's response, a call made on another thread) end it at once
+/// although they skip the waker while the reactor spins.
+#[test]
+fn manual_drive_busy_poll_keeps_timeouts_and_sees_hand_offs() {
+    run(|| {
+        // Far longer than the test may take: a spin that ignored a bound would fail it.
+        const SPIN: Duration = Duration::from_secs(60);
+        // Each wait below takes a millisecond or so; a spin blind to hand-offs would last
+        // until the reactor's next timer (its idle sweep, every second).
+        const PROMPT: Duration = Duration::from_millis(500);
+        let mut reactor = Reactor::new().unwrap();
+        reactor.set_busy_poll(SPIN);
+        let server = echo_builder()
+            .workers(1)
+            .bind_on(&mut reactor, "127.0.0.1:0")
+            .unwrap();
+        let client = Arc::new(
+            Client::builder(server.local_addr())
+                .connect_on(&mut reactor)
+                .unwrap(),
+        );
+
+        // The worker's response is a hand-off the spinning reactor must see.
+        let started = Instant::now();
+        let first = client.call_async(b"first").unwrap();
+        while !first.is_done() {
+            reactor.poll_once(None).unwrap();
+        }
+        assert_eq!(&*first.wait().unwrap(), b"first");
+        assert!(
+            started.elapsed() < PROMPT,
+            "the worker's hand-off was missed"
+        );
+
+        // Nothing to do: the timeout ends the wait, spin or not.
+        let before = Instant::now();
+        reactor.poll_once(Some(Duration::from_millis(20))).unwrap();
+        assert!(before.elapsed() < PROMPT, "the spin outlived the timeout");
+
+        // A call made on another thread while this one spins without a timeout: only the
+        // hand-off can end the spin.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let caller = {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                tx.send(client.call_async(b"second").unwrap()).unwrap();
+            })
+        };
+        let mut started = Instant::now();
+        let second = loop {
+            reactor.poll_once(None).unwrap();
+            if let Ok(pending) = rx.try_recv() {
+                break pending;
+            }
+            started = Instant::now();
+        };
+        caller.join().unwrap();
+        while !second.is_done() {
+            reactor.poll_once(None).unwrap();
+        }
+        assert_eq!(&*second.wait().unwrap(), b"second");
+        assert!(
+            started.elapsed() < PROMPT,
+            "the caller's hand-off was missed"
+        );
+        assert_eq!(server.stats().calls, 2);
+    });
+}
+
 /// Calls made before the handshake completes wait for it; nothing is lost while nobody
 /// drives the reactor.
 #[test]

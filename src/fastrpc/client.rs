@@ -111,6 +111,12 @@ impl ClientBuilder {
         self
     }
 
+    /// Busy polling of the reactor's waits (see [`crate::ClientBuilder::busy_poll`]).
+    pub fn busy_poll(mut self, spin: Duration) -> Self {
+        self.inner = self.inner.busy_poll(spin);
+        self
+    }
+
     /// Names the reactor thread.
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.inner = self.inner.thread_name(name);

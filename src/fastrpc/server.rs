@@ -155,6 +155,12 @@ impl ServerBuilder {
         Ok(self)
     }
 
+    /// Busy polling of the reactor's waits (see [`crate::ServerBuilder::busy_poll`]).
+    pub fn busy_poll(mut self, spin: Duration) -> Self {
+        self.inner = self.inner.busy_poll(spin);
+        self
+    }
+
     /// Names the reactor and worker threads.
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.inner = self.inner.thread_name(name);
