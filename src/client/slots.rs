@@ -183,7 +183,10 @@ impl Slots {
         if holders == 0 {
             self.release(idx);
         } else if prev & WAITER != 0 {
-            if let Some(t) = slot.data().waiter.take() {
+            // The lock must be let go before the unpark: the woken caller takes it first
+            // thing, and would otherwise sleep on it again until the unpark's syscall returns.
+            let waiter = slot.data().waiter.take();
+            if let Some(t) = waiter {
                 t.unpark();
                 return true;
             }

@@ -46,7 +46,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -77,9 +77,9 @@ const BUSY_POLL_MAX_FRAMES: u64 = 16;
 pub(crate) struct ReactorShared {
     waker: Waker,
     sleeping: AtomicBool,
-    /// A shared reactor's own thread is parked (not polling) and must be unparked to act:
-    /// see [`Driver`].
-    parked: AtomicBool,
+    /// Whether a shared reactor's own thread is polling ([`RUNNING`]) or resting, spinning
+    /// ([`RESTING`]) or asleep ([`ASLEEP`]), and must be unparked to act: see [`Driver`].
+    parked: AtomicU8,
     /// That thread, for reactors run by [`spawn_shared`].
     thread: OnceLock<Thread>,
 }
@@ -97,10 +97,13 @@ impl ReactorShared {
         self.unpark_thread()
     }
 
-    /// Unparks the reactor's own thread if it announced it was parked. True when it was.
+    /// Unparks the reactor's own thread if it announced it was resting. True when that took
+    /// a wake-up syscall (it was asleep, not spinning).
     #[inline]
     fn unpark_thread(&self) -> bool {
-        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+        if self.parked.load(Ordering::SeqCst) != RUNNING
+            && self.parked.swap(RUNNING, Ordering::SeqCst) == ASLEEP
+        {
             if let Some(t) = self.thread.get() {
                 t.unpark();
             }
@@ -109,6 +112,13 @@ impl ReactorShared {
         false
     }
 }
+
+/// [`ReactorShared::parked`]: the thread polls, or holds the role.
+const RUNNING: u8 = 0;
+/// The thread rests, spinning: clearing the flag is all it takes to bring it back.
+const RESTING: u8 = 1;
+/// The thread rests, asleep: it must be unparked too.
+const ASLEEP: u8 = 2;
 
 /// A client or server hosted by a reactor: the reactor does the I/O, the service the rest.
 pub(crate) trait Service: Send {
@@ -433,7 +443,7 @@ impl Reactor {
                 shared: Arc::new(ReactorShared {
                     waker,
                     sleeping: AtomicBool::new(false),
-                    parked: AtomicBool::new(false),
+                    parked: AtomicU8::new(RUNNING),
                     thread: OnceLock::new(),
                 }),
                 next_id: 0,
@@ -951,7 +961,8 @@ const HANDBACK_GRACE: Duration = Duration::from_millis(2);
 /// The role is `driving`; the reactor's lock is only ever taken by the role's holder. The
 /// reactor's own thread drives while there is work and callers are not driving; once callers
 /// have been driving (or wanted to), it steps aside when nothing is outstanding: it parks for
-/// at most [`HANDBACK_GRACE`], then takes one non-blocking look at the sockets and timers and
+/// at most [`HANDBACK_GRACE`] (busy-polling for its unpark first, for the reactor's
+/// [`Reactor::set_busy_poll`] time: unparking a spinning thread costs no syscall), then takes one non-blocking look at the sockets and timers and
 /// steps aside again, until callers stop coming; then it polls as usual. A caller that hands
 /// back with work left (other calls outstanding, queued hand-offs, a deadline due soon) unparks
 /// the thread.
@@ -961,6 +972,8 @@ pub(crate) struct Driver {
     driving: AtomicBool,
     /// Bumped each time a caller drove, or wanted to and found the role taken.
     activity: AtomicU64,
+    /// The reactor's busy-poll time, for its thread's rests.
+    busy_poll: Duration,
 }
 
 impl Driver {
@@ -1038,6 +1051,28 @@ impl Driver {
         Some((wake || pending()) && self.shared.unpark_thread())
     }
 
+    /// The reactor's thread, having announced itself `parked`, waits up to `limit` for an
+    /// unpark: busy-polling the flag first (the reactor's busy-poll time; callers drive only
+    /// while few calls are pending, so their hand-backs come at round-trip intervals), then
+    /// sleeping. While it spins, unparking it costs its callers no syscall.
+    fn rest(&self, limit: Duration) {
+        let parked = &self.shared.parked;
+        let start = Instant::now();
+        let end = start + self.busy_poll.min(limit);
+        while Instant::now() < end {
+            if parked.load(Ordering::Relaxed) == RUNNING {
+                return;
+            }
+            std::thread::yield_now();
+        }
+        if parked
+            .compare_exchange(RESTING, ASLEEP, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+        {
+            std::thread::park_timeout(limit.saturating_sub(start.elapsed()));
+        }
+    }
+
     /// The reactor's own thread.
     fn run(&self) {
         let _on_panic = OnPanic(self);
@@ -1045,14 +1080,14 @@ impl Driver {
         loop {
             if !self.acquire() {
                 // A caller drives: it unparks this thread if it leaves work behind.
-                self.shared.parked.store(true, Ordering::SeqCst);
+                self.shared.parked.store(RESTING, Ordering::SeqCst);
                 fence(Ordering::SeqCst);
                 if !self.acquire() {
-                    std::thread::park_timeout(HANDBACK_GRACE);
-                    self.shared.parked.store(false, Ordering::Relaxed);
+                    self.rest(HANDBACK_GRACE);
+                    self.shared.parked.store(RUNNING, Ordering::Relaxed);
                     continue;
                 }
-                self.shared.parked.store(false, Ordering::Relaxed);
+                self.shared.parked.store(RUNNING, Ordering::Relaxed);
             }
             // The role is this thread's until it steps aside.
             let mut guard = self.lock();
@@ -1075,10 +1110,10 @@ impl Driver {
                 if reactor.poll_once(Some(Duration::ZERO)).is_err() {
                     break None;
                 }
-                self.shared.parked.store(true, Ordering::SeqCst);
+                self.shared.parked.store(RESTING, Ordering::SeqCst);
                 fence(Ordering::SeqCst);
                 if reactor.is_idle() || reactor.needs_driver() {
-                    self.shared.parked.store(false, Ordering::Relaxed);
+                    self.shared.parked.store(RUNNING, Ordering::Relaxed);
                     continue;
                 }
                 let now = Instant::now();
@@ -1099,9 +1134,9 @@ impl Driver {
             drop(guard);
             self.driving.store(false, Ordering::SeqCst);
             if !until.is_zero() {
-                std::thread::park_timeout(until);
+                self.rest(until);
             }
-            self.shared.parked.store(false, Ordering::Relaxed);
+            self.shared.parked.store(RUNNING, Ordering::Relaxed);
         }
     }
 }
@@ -1129,11 +1164,13 @@ pub(crate) fn spawn_shared(
     name: String,
 ) -> io::Result<(Arc<Driver>, std::thread::JoinHandle<()>)> {
     let shared = reactor.core.shared.clone();
+    let busy_poll = reactor.busy_poll;
     let driver = Arc::new(Driver {
         reactor: Mutex::new(Some(reactor)),
         shared,
         driving: AtomicBool::new(false),
         activity: AtomicU64::new(0),
+        busy_poll,
     });
     let d = driver.clone();
     let handle = std::thread::Builder::new().name(name).spawn(move || {
