@@ -25,10 +25,6 @@ use slots::{Slots, CALLER, REACTOR};
 type Dialer = dyn Fn() -> io::Result<Box<dyn CustomStream>> + Send + Sync;
 type OnConnect = dyn Fn(&ConnInfo) -> std::result::Result<(), String> + Send + Sync;
 
-/// A waiting caller drives the client's reactor only while at most this many calls are pending
-/// (see [`ClientShared::wait`]).
-const DRIVE_MAX_PENDING: usize = 32;
-
 /// Settings the client's reactor side reads.
 pub(crate) struct ClientConfig {
     pub addr: Address,
@@ -214,10 +210,7 @@ impl ClientShared {
         if self.slots.spin_until_done(idx) {
             return self.slots.take(idx);
         }
-        // With many calls pending, the reactor thread is needed for the others as soon as this
-        // one completes: driving would only move the wake-up, and split its batches.
-        let few = self.slots.in_use() <= DRIVE_MAX_PENDING;
-        if let Some(driver) = self.driver.get().filter(|_| few) {
+        if let Some(driver) = self.driver.get() {
             let done = || self.slots.is_done(idx);
             let pending = || !self.submit.is_empty() || self.is_closed();
             if let Some(woke) = driver.drive_until(done, pending) {

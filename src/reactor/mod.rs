@@ -1052,9 +1052,9 @@ impl Driver {
     }
 
     /// The reactor's thread, having announced itself `parked`, waits up to `limit` for an
-    /// unpark: busy-polling the flag first (the reactor's busy-poll time; callers drive only
-    /// while few calls are pending, so their hand-backs come at round-trip intervals), then
-    /// sleeping. While it spins, unparking it costs its callers no syscall.
+    /// unpark: busy-polling the flag first (for the reactor's busy-poll time: callers that
+    /// drive hand back at round-trip intervals), then sleeping. While it spins, unparking it
+    /// costs its callers no syscall.
     fn rest(&self, limit: Duration) {
         let parked = &self.shared.parked;
         let start = Instant::now();

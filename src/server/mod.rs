@@ -378,9 +378,9 @@ impl ServerBuilder {
     /// recent frames came a few at a time), it polls without sleeping for up to `spin` after
     /// its last activity, yielding the core between looks, before it sleeps in the kernel.
     /// Waking a thread on an idle core costs tens of microseconds on virtual machines, more
-    /// than a loopback round trip: with few calls in flight at the clients this halves latency or better
-    /// (`EndToEndNoDelay1`: 3x the calls per second on a 2-vCPU VM), for at most `spin` of
-    /// CPU per burst of traffic. Batches of more than 16 frames turn it off until the traffic
+    /// than a loopback round trip: with few calls in flight at the clients this halves
+    /// latency or better (`EndToEndNoDelay1`: 3x the calls per second on a 2-vCPU VM), for at
+    /// most `spin` of CPU per burst of traffic. Batches of more than 16 frames turn it off until the traffic
     /// thins out again. Zero never spins. Default 50 µs. (A reactor you drive has its own
     /// setting: [`Reactor::set_busy_poll`].)
     pub fn busy_poll(mut self, spin: Duration) -> Self {
