@@ -109,7 +109,7 @@ struct Args {
 
     /// Busy polling of the clients' and the in-process server's reactors before they sleep
     /// (ClientBuilder::busy_poll, ServerBuilder::busy_poll; 0 = never spin).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "50us")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "100us")]
     busy_poll: Duration,
 
     /// How long to measure, after the warm-up. [default: 10s unless --calls is given]

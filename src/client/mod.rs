@@ -286,7 +286,7 @@ impl Body<'_> {
 /// | [`max_frame_len`](Self::max_frame_len) | 64 MiB |
 /// | [`handshake_timeout`](Self::handshake_timeout) | 3 s (also bounds `connect()`'s dial) |
 /// | [`reconnect_backoff`](Self::reconnect_backoff) | 20 ms doubling up to 2 s, ±25% jitter |
-/// | [`busy_poll`](Self::busy_poll) | 50 µs, while few calls are in flight |
+/// | [`busy_poll`](Self::busy_poll) | 100 µs |
 #[cfg_attr(feature = "tls", doc = "| [`tls`](Self::tls) | none: plaintext |")]
 #[must_use]
 pub struct ClientBuilder {
@@ -428,15 +428,19 @@ impl ClientBuilder {
         self
     }
 
-    /// Busy polling by the reactor `connect()` starts: while its traffic is latency-bound (its
-    /// recent frames came a few at a time), it polls without sleeping for up to `spin` after
-    /// its last activity, yielding the core between looks, before it sleeps in the kernel.
-    /// Waking a thread on an idle core costs tens of microseconds on virtual machines, more
-    /// than a loopback round trip: with few calls in flight this halves latency or better
-    /// (`EndToEndNoDelay1`: 3x the calls per second on a 2-vCPU VM), for at most `spin` of
-    /// CPU per burst of traffic. Batches of more than 16 frames turn it off until the traffic
-    /// thins out again. Zero never spins. Default 50 µs. (A reactor you drive has its own
-    /// setting: [`Reactor::set_busy_poll`].)
+    /// Busy polling by the reactor `connect()` starts. Waking a thread whose core went idle
+    /// costs tens of microseconds on virtual machines, more than a loopback round trip, so
+    /// before sleeping:
+    /// - a reactor turn whose recent frames came a few at a time (at most 16 a turn) keeps
+    ///   looking at the sockets for up to `spin` after its last activity, whichever thread
+    ///   runs it (the reactor's own, or a caller driving it);
+    /// - the reactor's thread, resting while callers drive, watches for its wake-up for up to
+    ///   `spin` before it parks, so that handing the reactor back costs callers no syscall.
+    ///
+    /// Both yield the core between looks, and cost at most `spin` of CPU per burst of
+    /// traffic. Same run on a 2-vCPU VM, against no spinning: `EndToEndNoDelay1` takes a
+    /// third of the time, `EndToEndNoDelay10` half. Zero never spins. Default 100 µs. (A
+    /// reactor you drive has its own setting: [`Reactor::set_busy_poll`].)
     pub fn busy_poll(mut self, spin: Duration) -> Self {
         self.busy_poll = spin;
         self

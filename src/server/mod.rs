@@ -172,7 +172,7 @@ impl ServerShared {
 /// | [`max_queued_requests`](Self::max_queued_requests) | 10 000 |
 /// | [`max_frame_len`](Self::max_frame_len) | 64 MiB |
 /// | [`handshake_timeout`](Self::handshake_timeout) | 3 s |
-/// | [`busy_poll`](Self::busy_poll) | 50 µs, while few requests come at a time |
+/// | [`busy_poll`](Self::busy_poll) | 100 µs, while few requests come at a time |
 #[cfg_attr(feature = "tls", doc = "| [`tls`](Self::tls) | none: plaintext |")]
 #[cfg_attr(
     feature = "tls",
@@ -374,15 +374,15 @@ impl ServerBuilder {
         self
     }
 
-    /// Busy polling by the reactor `bind()` starts: while its traffic is latency-bound (its
-    /// recent frames came a few at a time), it polls without sleeping for up to `spin` after
-    /// its last activity, yielding the core between looks, before it sleeps in the kernel.
-    /// Waking a thread on an idle core costs tens of microseconds on virtual machines, more
-    /// than a loopback round trip: with few calls in flight at the clients this halves
-    /// latency or better (`EndToEndNoDelay1`: 3x the calls per second on a 2-vCPU VM), for at
-    /// most `spin` of CPU per burst of traffic. Batches of more than 16 frames turn it off until the traffic
-    /// thins out again. Zero never spins. Default 50 µs. (A reactor you drive has its own
-    /// setting: [`Reactor::set_busy_poll`].)
+    /// Busy polling by the reactor `bind()` starts: while requests come a few at a time (at
+    /// most 16 a turn), it keeps looking at the sockets for up to `spin` after its last
+    /// activity, yielding the core between looks, before it sleeps in the kernel. Waking a
+    /// thread whose core went idle costs tens of microseconds on virtual machines, more than a
+    /// loopback round trip: with few calls in flight at its clients this halves latency or
+    /// better, for at most `spin` of CPU per burst of traffic. Busier traffic (larger
+    /// batches) never spins: the reactor seldom waits then, and spinning would take the core
+    /// from the threads that feed it. Zero never spins. Default 100 µs. (A reactor you drive
+    /// has its own setting: [`Reactor::set_busy_poll`].)
     pub fn busy_poll(mut self, spin: Duration) -> Self {
         self.busy_poll = spin;
         self
