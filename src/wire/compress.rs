@@ -246,11 +246,17 @@ pub struct Encoder {
 enum EncoderCodec {
     None,
     #[cfg(feature = "flate")]
-    Flate(flate2::Compress),
+    Flate {
+        /// The compressor (about 300 KiB of tables at level 1); `None` after
+        /// [`Encoder::release_idle`] until the next batch.
+        deflate: Option<flate2::Compress>,
+        level: u32,
+    },
     #[cfg(feature = "snappy")]
     Snappy {
-        /// Boxed: the raw encoder carries a 2 KiB hash table inline.
-        raw: Box<snap::raw::Encoder>,
+        /// Boxed: the raw encoder carries a 2 KiB hash table inline. `None` after
+        /// [`Encoder::release_idle`] until the next batch.
+        raw: Option<Box<snap::raw::Encoder>>,
         /// The stream identifier has been written.
         started: bool,
     },
@@ -265,13 +271,13 @@ impl Encoder {
         let codec = match compression {
             Compression::None => EncoderCodec::None,
             #[cfg(feature = "flate")]
-            Compression::Flate => EncoderCodec::Flate(flate2::Compress::new(
-                flate2::Compression::new(flate_level.min(9)),
-                false,
-            )),
+            Compression::Flate => EncoderCodec::Flate {
+                deflate: None,
+                level: flate_level.min(9),
+            },
             #[cfg(feature = "snappy")]
             Compression::Snappy => EncoderCodec::Snappy {
-                raw: Box::new(snap::raw::Encoder::new()),
+                raw: None,
                 started: false,
             },
             #[allow(unreachable_patterns)]
@@ -285,9 +291,25 @@ impl Encoder {
         match self.codec {
             EncoderCodec::None => Compression::None,
             #[cfg(feature = "flate")]
-            EncoderCodec::Flate(_) => Compression::Flate,
+            EncoderCodec::Flate { .. } => Compression::Flate,
             #[cfg(feature = "snappy")]
             EncoderCodec::Snappy { .. } => Compression::Snappy,
+        }
+    }
+
+    /// Gives the codec's working memory back (flate's compressor, snappy's hash table); the
+    /// next batch builds it again. The stream stays valid: every batch ends on a flush
+    /// boundary, and a fresh compressor only emits blocks (flate) or chunks (snappy) that
+    /// refer to nothing before them, which the peer's decoder reads as a continuation.
+    /// Compression of the next batch cannot refer back to earlier ones, which costs a little
+    /// ratio once. For connections gone quiet.
+    pub fn release_idle(&mut self) {
+        match &mut self.codec {
+            EncoderCodec::None => {}
+            #[cfg(feature = "flate")]
+            EncoderCodec::Flate { deflate, .. } => *deflate = None,
+            #[cfg(feature = "snappy")]
+            EncoderCodec::Snappy { raw, .. } => *raw = None,
         }
     }
 
@@ -307,13 +329,19 @@ impl Encoder {
         match &mut self.codec {
             EncoderCodec::None => out.extend_from_slice(input),
             #[cfg(feature = "flate")]
-            EncoderCodec::Flate(deflate) => flate_encode(deflate, input, out),
+            EncoderCodec::Flate { deflate, level } => {
+                let deflate = deflate.get_or_insert_with(|| {
+                    flate2::Compress::new(flate2::Compression::new(*level), false)
+                });
+                flate_encode(deflate, input, out);
+            }
             #[cfg(feature = "snappy")]
             EncoderCodec::Snappy { raw, started } => {
                 if !*started {
                     out.extend_from_slice(&chunk::STREAM_IDENTIFIER);
                     *started = true;
                 }
+                let raw = raw.get_or_insert_with(|| Box::new(snap::raw::Encoder::new()));
                 for data in input.chunks(SNAPPY_MAX_CHUNK) {
                     snappy_encode_chunk(raw, data, out);
                 }
@@ -452,6 +480,20 @@ impl Decoder {
             DecoderCodec::Flate(_) => Compression::Flate,
             #[cfg(feature = "snappy")]
             DecoderCodec::Snappy(_) => Compression::Snappy,
+        }
+    }
+
+    /// Gives back memory the decoder holds only while a chunk is being handed out (snappy's
+    /// 64 KiB chunk buffer). Flate's window (32 KiB plus its state) stays: the peer's next
+    /// batch may refer back into it.
+    pub fn release_idle(&mut self) {
+        #[cfg(feature = "snappy")]
+        if let DecoderCodec::Snappy(snappy) = &mut self.codec {
+            if snappy.pos == snappy.end {
+                snappy.held = Vec::new();
+                snappy.pos = 0;
+                snappy.end = 0;
+            }
         }
     }
 
@@ -825,6 +867,64 @@ mod tests {
             e.to_string(),
             "snappy compression is not available in this build (cargo feature)"
         );
+    }
+
+    /// A quiet connection gives its codec memory back between batches; the stream goes on
+    /// decoding with the same decoder, and the released parts come back with the next batch.
+    #[test]
+    #[cfg(any(feature = "flate", feature = "snappy"))]
+    fn codec_memory_released_between_batches_and_the_stream_goes_on() {
+        let text: Vec<u8> = b"the same words again and again, "
+            .iter()
+            .copied()
+            .cycle()
+            .take(100_000)
+            .collect();
+        for compression in [Compression::Flate, Compression::Snappy] {
+            if !compression.is_available() {
+                continue;
+            }
+            let mut encoder = Encoder::new(compression, 1).unwrap();
+            let mut decoder = Decoder::new(compression).unwrap();
+            let mut plain = Vec::new();
+            let mut sizes = Vec::new();
+            for batch in 0..3 {
+                let mut wire = Vec::new();
+                encoder.encode(&text, &mut wire);
+                sizes.push(wire.len());
+                // Small pieces of output, so that snappy holds a chunk between calls.
+                let mut input = &wire[..];
+                let mut out = [0u8; 1000];
+                loop {
+                    let (consumed, produced) = decoder.decode(input, &mut out).unwrap();
+                    plain.extend_from_slice(&out[..produced]);
+                    input = &input[consumed..];
+                    if consumed == 0 && produced == 0 {
+                        break;
+                    }
+                }
+                assert_eq!(plain.len(), text.len() * (batch + 1), "{compression}");
+                encoder.release_idle();
+                decoder.release_idle();
+                match &encoder.codec {
+                    #[cfg(feature = "flate")]
+                    EncoderCodec::Flate { deflate, .. } => assert!(deflate.is_none()),
+                    #[cfg(feature = "snappy")]
+                    EncoderCodec::Snappy { raw, .. } => assert!(raw.is_none()),
+                    EncoderCodec::None => unreachable!(),
+                }
+                #[cfg(feature = "snappy")]
+                if let DecoderCodec::Snappy(snappy) = &decoder.codec {
+                    assert_eq!(snappy.held.capacity(), 0);
+                }
+            }
+            assert!(plain.chunks(text.len()).all(|c| c == text), "{compression}");
+            // Still compressed after a release: each batch on its own.
+            assert!(
+                sizes.iter().all(|&n| n < text.len() / 4),
+                "{compression}: {sizes:?}"
+            );
+        }
     }
 
     #[test]

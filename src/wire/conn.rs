@@ -627,6 +627,12 @@ impl Conn {
                 ids.outstanding.shrink_to_fit();
             }
         }
+        if let Some(encoder) = self.encoder.as_mut() {
+            encoder.release_idle();
+        }
+        if let Some(decoder) = self.decoder.as_mut() {
+            decoder.release_idle();
+        }
         #[cfg(feature = "tls")]
         {
             self.tls_in.shrink_idle(0);
