@@ -503,6 +503,12 @@ impl ServerBuilder {
 
 /// A running server. Dropping it shuts it down gracefully (see [`Server::shutdown`]).
 ///
+/// A connection whose client closes (the server reads end of stream) is closed at once: its
+/// requests not yet answered are dropped (handlers already running finish, and their answers
+/// are discarded). TCP cannot tell a half-close from a client that left, and the protocol has
+/// no half-close message, so a client that wants its answers keeps writing open until it has
+/// read them.
+///
 /// ```
 /// # fn main() -> Result<(), batchrpc::Error> {
 /// use batchrpc::{Client, Server};
