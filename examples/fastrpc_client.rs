@@ -102,7 +102,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    // Sent calls go out with the next batch: wait until they have, then close.
+    // A send completes once it is in a batch: wait for that, so that the figures below count
+    // every send (closing would write them anyway).
     while client.pending_requests() > 0 {
         std::thread::sleep(Duration::from_millis(1));
     }

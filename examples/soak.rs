@@ -100,8 +100,8 @@ pub struct SoakReport {
     /// Client connections dialed, over all clients.
     pub dials: u64,
     /// Slots (of `max_pending_requests`) still taken in the clients once every call has
-    /// completed. Should be 0; a known bug keeps the slot of a call that timed out when its
-    /// connection closes before the late answer (`tests/robustness.rs`,
+    /// completed. Should be 0: a timed-out call keeps its slot only until its late answer
+    /// comes or its connection closes (`tests/robustness.rs`,
     /// `timed_out_calls_give_their_slots_back_when_the_connection_closes`). Reported, not
     /// failed on.
     pub held_slots: u64,

@@ -463,6 +463,69 @@ fn manual_drive_busy_poll_keeps_timeouts_and_sees_hand_offs() {
     });
 }
 
+/// `send` reports a request done once it is accepted, so `close()` writes the sends it
+/// accepted before the connections close; calls pending at the close fail with `Closed`, and
+/// their requests are not written.
+#[test]
+fn close_writes_the_sends_it_accepted_first() {
+    run(|| {
+        let mut reactor = Reactor::new().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let server = Server::builder()
+            .workers(0)
+            .handler(move |_: &RequestCtx, req: &[u8], resp: &mut Vec<u8>| {
+                log.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(req).into_owned());
+                resp.extend_from_slice(req);
+                Ok(())
+            })
+            .bind_on(&mut reactor, "127.0.0.1:0")
+            .unwrap();
+        let client = Client::builder(server.local_addr())
+            .connect_on(&mut reactor)
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while client.stats().open_connections == 0 {
+            assert!(Instant::now() < deadline, "the connection did not open");
+            reactor.poll_once(Some(Duration::from_millis(10))).unwrap();
+        }
+        for i in 0..100 {
+            client.send(format!("note-{i}").as_bytes()).unwrap();
+        }
+        let call = client.call_async(b"a call").unwrap();
+        client.close();
+        let deadline = Instant::now() + WAIT;
+        while seen.lock().unwrap().len() < 100 || client.stats().open_connections > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "sends lost: {:?}",
+                seen.lock().unwrap()
+            );
+            reactor.poll_once(Some(Duration::from_millis(10))).unwrap();
+        }
+        let expected: Vec<String> = (0..100).map(|i| format!("note-{i}")).collect();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            expected,
+            "every send, in order, and no call"
+        );
+        assert!(matches!(call.wait(), Err(batchrpc::Error::Closed)));
+        assert!(matches!(client.send(b"late"), Err(batchrpc::Error::Closed)));
+        let stats = client.stats();
+        // The call, and the send refused after the close.
+        assert_eq!((stats.calls, stats.errors.closed), (100, 2));
+        drop(client);
+        drop(server);
+        let deadline = Instant::now() + WAIT;
+        while !reactor.is_idle() {
+            assert!(Instant::now() < deadline, "reactor never became idle");
+            reactor.poll_once(Some(Duration::from_millis(10))).unwrap();
+        }
+    });
+}
+
 /// Calls made before the handshake completes wait for it; nothing is lost while nobody
 /// drives the reactor.
 #[test]

@@ -19,6 +19,9 @@ use crate::{ConnInfo, Error};
 
 /// Calls are not placed on a connection whose unsent bytes exceed this; they wait.
 const MAX_SEND_BACKLOG: usize = 4 << 20;
+/// How long a closing client keeps writing the sends it accepted before the close, for a
+/// peer that does not read them.
+const CLOSE_FLUSH_LIMIT: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum CallState {
@@ -71,6 +74,10 @@ pub(crate) struct ClientCore {
     failed_first: usize,
     opened_once: bool,
     closing: bool,
+    /// While closing: connections writing the sends accepted before the close, closed once
+    /// flushed or at `drain_until`.
+    draining: Vec<usize>,
+    drain_until: Option<Instant>,
     /// Calls admitted and not yet completed.
     outstanding: usize,
     /// This turn's submissions, taken from the queue before they are admitted (kept for its
@@ -104,6 +111,8 @@ impl ClientCore {
             failed_first: 0,
             opened_once: false,
             closing: false,
+            draining: Vec::new(),
+            drain_until: None,
             outstanding: 0,
             admitting: Vec::new(),
             admitted_at: now,
@@ -329,6 +338,18 @@ impl ClientCore {
         Some(Ok(()))
     }
 
+    /// Puts a send from the waiting line into a connection's batch, which completes it; false
+    /// when no connection takes it now.
+    fn place_waiting_send(&mut self, core: &mut Core, idx: u32, payload: &[u8]) -> bool {
+        let Some(sent) = self.place_send(core, payload) else {
+            return false;
+        };
+        self.deadlines.remove(idx);
+        self.metas[idx as usize].state = CallState::Idle;
+        self.complete(idx, sent.map(|()| Vec::new()), core.now);
+        true
+    }
+
     fn place_waiting(&mut self, core: &mut Core) {
         while let Some((idx, gen, send)) = self.waiting.pop_front() {
             let meta = &self.metas[idx as usize];
@@ -341,16 +362,7 @@ impl ClientCore {
             }
             let placed = match &send {
                 None => self.place(core, idx),
-                Some(buf) => match self.place_send(core, buf) {
-                    None => false,
-                    Some(sent) => {
-                        // Sent is done: the send completes once it is in the batch.
-                        self.deadlines.remove(idx);
-                        self.metas[idx as usize].state = CallState::Idle;
-                        self.complete(idx, sent.map(|()| Vec::new()), core.now);
-                        true
-                    }
-                },
+                Some(buf) => self.place_waiting_send(core, idx, buf),
             };
             if !placed {
                 self.waiting.push_front((idx, gen, send));
@@ -403,13 +415,19 @@ impl ClientCore {
         }
     }
 
-    /// Closes for good: every call fails with `Error::Closed`, connections close.
-    fn shut(&mut self, core: Option<&mut Core>) {
+    /// Closes for good: every call fails with `Error::Closed`. With the reactor at hand
+    /// (`core`), the sends accepted before the close that an open connection can take are
+    /// written first (they were reported done when accepted), within [`CLOSE_FLUSH_LIMIT`];
+    /// then the connections close.
+    fn shut(&mut self, mut core: Option<&mut Core>) {
         if self.closing {
             return;
         }
         self.closing = true;
         self.shared.mark_closed();
+        if let Some(core) = core.as_deref_mut() {
+            self.write_accepted_sends(core);
+        }
         let now = Instant::now();
         self.fail_calls(&Error::Closed, now, |_| true);
         self.waiting.clear();
@@ -429,11 +447,57 @@ impl ClientCore {
         self.shared.report_ready(Err(Error::Closed));
         if let Some(core) = core {
             for link in &self.links {
-                if let Some(token) = link.token {
-                    core.close_conn(token, None);
+                let Some(token) = link.token else { continue };
+                match core.conn(token) {
+                    Some(ep) if ep.conn.is_open() && !ep.conn.is_flushed() => {
+                        ep.conn.begin_drain();
+                        self.draining.push(token);
+                    }
+                    _ => core.close_conn(token, None),
                 }
             }
+            if !self.draining.is_empty() {
+                self.drain_until = Some(now + CLOSE_FLUSH_LIMIT);
+            }
         }
+    }
+
+    /// Closing: puts the sends still waiting (for a connection, or in the submission queue)
+    /// into open connections' batches, in order, while they take them. Calls are left for
+    /// `shut` to fail: a call's request is not written once its caller was told `Closed`.
+    fn write_accepted_sends(&mut self, core: &mut Core) {
+        let mut waiting = std::mem::take(&mut self.waiting);
+        for (idx, gen, send) in waiting.drain(..) {
+            let meta = self.metas[idx as usize];
+            match send {
+                Some(buf) if meta.state == CallState::Waiting && meta.gen == gen => {
+                    if self.place_waiting_send(core, idx, &buf) {
+                        self.shared.slots.give_buffer(buf);
+                    } else {
+                        self.waiting.push_back((idx, gen, Some(buf)));
+                    }
+                }
+                other => self.waiting.push_back((idx, gen, other)),
+            }
+        }
+        let mut batch = std::mem::take(&mut self.admitting);
+        while let Some(sub) = self.shared.submit.pop() {
+            batch.push(sub);
+        }
+        for sub in batch.drain(..) {
+            let sent = match &sub {
+                Submission::Call(_) => false,
+                Submission::Send(idx, buf) => self.send_now(core, *idx, buf),
+                Submission::SendInline(idx, len, bytes) => {
+                    self.send_now(core, *idx, &bytes[..usize::from(*len)])
+                }
+            };
+            if !sent {
+                // Back in line for `shut`; the queue has room: these came out of it.
+                let _ = self.shared.submit.push(sub);
+            }
+        }
+        self.admitting = batch;
     }
 
     /// Completes the calls whose responses the connection has decoded.
@@ -526,6 +590,12 @@ impl Service for ClientCore {
 
     fn turn(&mut self, core: &mut Core) {
         if self.closing {
+            if self.drain_until.is_some_and(|at| core.now >= at) {
+                // The peer does not take what is left: close anyway.
+                for token in self.draining.drain(..) {
+                    core.close_conn(token, None);
+                }
+            }
             return;
         }
         if self.shared.is_closed() {
@@ -578,6 +648,7 @@ impl Service for ClientCore {
         self.links[slot].token = None;
         self.links[slot].open = false;
         if self.closing {
+            self.draining.retain(|&t| t != token);
             if was_open {
                 self.shared.stats.sub(C::open_connections, 1);
             }
@@ -620,6 +691,17 @@ impl Service for ClientCore {
     }
 
     fn flushed(&mut self, core: &mut Core) {
+        if self.closing {
+            self.draining.retain(|&token| match core.conn(token) {
+                Some(ep) if !ep.conn.is_flushed() => true,
+                Some(_) => {
+                    core.close_conn(token, None);
+                    false
+                }
+                None => false,
+            });
+            return;
+        }
         // The flush may have drained a backlog that held calls back, without the socket ever
         // blocking (so no write event follows): place them now; the next turn flushes them.
         if !self.closing && !self.waiting.is_empty() {
@@ -628,6 +710,9 @@ impl Service for ClientCore {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        if self.closing {
+            return self.drain_until.filter(|_| !self.draining.is_empty());
+        }
         let redial = self.links.iter().filter_map(|l| l.redial_at).min();
         match (self.deadlines.next(), redial) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -644,7 +729,7 @@ impl Service for ClientCore {
     }
 
     fn is_finished(&self) -> bool {
-        self.closing
+        self.closing && self.draining.is_empty()
     }
 }
 

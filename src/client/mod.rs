@@ -765,8 +765,11 @@ impl Client {
         self.shared().stats.snapshot()
     }
 
-    /// Closes the client now: pending calls complete with [`Error::Closed`], connections
-    /// close, and later calls fail with `Closed`. Every clone of the handle is closed.
+    /// Closes the client now: pending calls complete with [`Error::Closed`] (their requests
+    /// are not written if they were not yet), later calls fail with `Closed`, and the
+    /// connections close once the sends accepted before the close are written (a `send`
+    /// reports success on acceptance): at most a second later, for a server that does not
+    /// read them. Every clone of the handle is closed; dropping the last one closes too.
     pub fn close(&self) {
         let shared = self.shared();
         shared.closed.store(true, Ordering::SeqCst);

@@ -211,7 +211,8 @@ impl Client {
         self.inner.stats()
     }
 
-    /// Closes the client now: pending calls complete with [`Error::Closed`].
+    /// Closes the client now: pending calls complete with [`Error::Closed`]; the sends
+    /// accepted before the close are written first (see [`crate::Client::close`]).
     pub fn close(&self) {
         self.inner.close();
     }
