@@ -207,7 +207,7 @@ impl ClientShared {
     /// thread and back. Otherwise it parks on the call's slot; `notified` says whether the
     /// reactor was already told about the call's submission.
     fn wait(&self, idx: u32, notified: bool) -> std::result::Result<Vec<u8>, Error> {
-        if self.slots.spin_until_done(idx) {
+        if self.slots.is_done(idx) {
             return self.slots.take(idx);
         }
         if let Some(driver) = self.driver.get() {
@@ -221,6 +221,10 @@ impl ClientShared {
                     return self.slots.take(idx);
                 }
             }
+        }
+        // Someone else drives: the response may be a moment away.
+        if self.slots.spin_until_done(idx) {
+            return self.slots.take(idx);
         }
         if !notified {
             self.notify();

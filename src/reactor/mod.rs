@@ -615,19 +615,21 @@ impl Reactor {
         if let Some(timeout) = timeout {
             end = end.min(now + timeout);
         }
-        while Instant::now() < end {
-            std::thread::yield_now();
-            if self.has_work() {
-                return Ok(true);
-            }
+        loop {
             match self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
                 Ok(()) if !self.events.is_empty() => return Ok(true),
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+            if Instant::now() >= end {
+                return Ok(false);
+            }
+            std::thread::yield_now();
+            if self.has_work() {
+                return Ok(true);
+            }
         }
-        Ok(false)
     }
 
     fn has_work(&self) -> bool {
