@@ -1118,13 +1118,13 @@ fn a_compression_bomb_within_the_limits_costs_at_most_its_bounded_buffers() {
         let bystander = Bystander::start(addr);
         let zeros = compressed_zeros(Compression::Flate, MAX, 1);
         let mut bomb = Vec::new();
-        for id in 0..64 {
+        for id in 0..128 {
             // Each piece is flushed and self-contained, so fresh encoders concatenate.
             let mut enc = Encoder::new(Compression::Flate, 1).unwrap();
             enc.encode(&header(id, FrameKind::Request, MAX as u32), &mut bomb);
             bomb.extend_from_slice(&zeros);
         }
-        println!("bomb: {} B inflating to 64 MiB of requests", bomb.len());
+        println!("bomb: {} B inflating to 128 MiB of requests", bomb.len());
         let rss = RssPeak::start();
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(&hello(Compression::Flate)).unwrap();
@@ -1146,11 +1146,14 @@ fn a_compression_bomb_within_the_limits_costs_at_most_its_bounded_buffers() {
         let grew = rss.finish();
         let handled = big.load(Ordering::SeqCst);
         println!(
-            "bomb: the server handled {handled} frames of 64 and stopped; buffers {} KiB, resident memory +{} KiB",
+            "bomb: the server handled {handled} frames of 128 and stopped; buffers {} KiB, resident memory +{} KiB",
             s_stats.buffered_bytes >> 10,
             grew >> 10
         );
-        assert!(handled < 32, "the server kept reading the bomb");
+        // What stops it: the answers nobody reads fill the kernel's buffers (the peer's
+        // receive buffer alone grows to `tcp_rmem`'s maximum, 32 MiB on these machines), then
+        // its send backlog, then `max_queued_requests`.
+        assert!(handled < 64, "the server kept reading the bomb");
         assert!(
             s_stats.buffered_bytes <= 28 << 20,
             "{} B buffered",
