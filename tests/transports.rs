@@ -335,6 +335,15 @@ fn custom_dialer_failure_is_a_connect_error() {
 
 // ----- driving the reactor by hand -----------------------------------------------------------
 
+/// Drives `reactor` until `done()`; panics naming `what` if that takes longer than [`WAIT`].
+fn drive_until(reactor: &mut Reactor, what: &str, mut done: impl FnMut(&Reactor) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done(reactor) {
+        assert!(Instant::now() < deadline, "waited too long for {what}");
+        reactor.poll_once(Some(Duration::from_millis(10))).unwrap();
+    }
+}
+
 #[test]
 fn manual_drive_on_one_thread() {
     run(|| {
@@ -382,11 +391,7 @@ fn manual_drive_on_one_thread() {
         // Shut both down and drive until the reactor has nothing left.
         server.shutdown();
         drop(client);
-        let deadline = Instant::now() + WAIT;
-        while !reactor.is_idle() {
-            assert!(Instant::now() < deadline, "reactor never became idle");
-            reactor.poll_once(Some(Duration::from_millis(10))).unwrap();
-        }
+        drive_until(&mut reactor, "the reactor to become idle", Reactor::is_idle);
         assert!(server.is_shut_down());
         assert_eq!(server.stats().open_connections, 0);
     });
@@ -486,25 +491,17 @@ fn close_writes_the_sends_it_accepted_first() {
         let client = Client::builder(server.local_addr())
             .connect_on(&mut reactor)
             .unwrap();
-        let deadline = Instant::now() + WAIT;
-        while client.stats().open_connections == 0 {
-            assert!(Instant::now() < deadline, "the connection did not open");
-            reactor.poll_once(Some(Duration::from_millis(10))).unwrap();
-        }
+        drive_until(&mut reactor, "the connection to open", |_| {
+            client.stats().open_connections > 0
+        });
         for i in 0..100 {
             client.send(format!("note-{i}").as_bytes()).unwrap();
         }
         let call = client.call_async(b"a call").unwrap();
         client.close();
-        let deadline = Instant::now() + WAIT;
-        while seen.lock().unwrap().len() < 100 || client.stats().open_connections > 0 {
-            assert!(
-                Instant::now() < deadline,
-                "sends lost: {:?}",
-                seen.lock().unwrap()
-            );
-            reactor.poll_once(Some(Duration::from_millis(10))).unwrap();
-        }
+        drive_until(&mut reactor, "the sends, then the close", |_| {
+            seen.lock().unwrap().len() >= 100 && client.stats().open_connections == 0
+        });
         let expected: Vec<String> = (0..100).map(|i| format!("note-{i}")).collect();
         assert_eq!(
             *seen.lock().unwrap(),
@@ -518,11 +515,7 @@ fn close_writes_the_sends_it_accepted_first() {
         assert_eq!((stats.calls, stats.errors.closed), (100, 2));
         drop(client);
         drop(server);
-        let deadline = Instant::now() + WAIT;
-        while !reactor.is_idle() {
-            assert!(Instant::now() < deadline, "reactor never became idle");
-            reactor.poll_once(Some(Duration::from_millis(10))).unwrap();
-        }
+        drive_until(&mut reactor, "the reactor to become idle", Reactor::is_idle);
     });
 }
 
@@ -543,25 +536,15 @@ fn manual_drive_calls_wait_for_the_driver() {
         // Nobody drives: nothing can complete.
         assert!(early.try_wait().is_none());
         client.send(b"note").unwrap();
-        let deadline = Instant::now() + WAIT;
-        while !early.is_done() {
-            assert!(Instant::now() < deadline);
-            reactor.poll_once(Some(Duration::from_millis(10))).unwrap();
-        }
+        drive_until(&mut reactor, "the call to complete", |_| early.is_done());
         assert_eq!(&*early.try_wait().unwrap().unwrap(), b"early");
         // The worker (a thread of its own) answered; the send was handled too.
-        let deadline = Instant::now() + WAIT;
-        while server.stats().calls < 2 {
-            assert!(Instant::now() < deadline, "the send was not handled");
-            reactor.poll_once(Some(Duration::from_millis(10))).unwrap();
-        }
+        drive_until(&mut reactor, "the send to be handled", |_| {
+            server.stats().calls >= 2
+        });
         assert_eq!(server.stats().calls, 2);
         drop(server); // asks for the shutdown; the driver completes it
         drop(client);
-        let deadline = Instant::now() + WAIT;
-        while !reactor.is_idle() {
-            assert!(Instant::now() < deadline, "reactor never became idle");
-            reactor.poll_once(Some(Duration::from_millis(10))).unwrap();
-        }
+        drive_until(&mut reactor, "the reactor to become idle", Reactor::is_idle);
     });
 }
