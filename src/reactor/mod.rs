@@ -71,8 +71,9 @@ const IDLE_AFTER: Duration = Duration::from_secs(1);
 pub(crate) const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(100);
 /// A reactor busy-polls only while the last turn that brought frames brought at most this
 /// many: more means batches are forming, the work is throughput-bound, and the reactor is
-/// seldom idle for long (measured: spinning above this made `EndToEndNoDelay100` and
-/// `EndToEndPipeline100` up to 10% slower; below it, `EndToEndNoDelay1` is 3x faster).
+/// seldom idle for long (measured on 2 cores: spinning whatever the batch size cost the
+/// 100-in-flight shapes 10-30%, the spinner taking the core from the threads that feed it;
+/// gated by this, `EndToEndNoDelay1` is 3x faster and the large batches unchanged).
 const BUSY_POLL_MAX_FRAMES: u64 = 16;
 
 /// The part of a reactor other threads hold: its waker.
@@ -408,7 +409,7 @@ pub struct Reactor {
     services: Slab<Box<dyn Service>>,
     /// How long to poll without sleeping after the last activity (zero: never).
     busy_poll: Duration,
-    /// The end of the last turn that had an event or a hand-off.
+    /// When the last turn that had an event or a hand-off began its work.
     last_active: Instant,
     /// Frames decoded by the last turn that decoded any.
     last_frames: u64,
@@ -975,8 +976,9 @@ const HANDBACK_GRACE: Duration = Duration::from_millis(2);
 /// reactor's own thread drives while there is work and callers are not driving; once callers
 /// have been driving (or wanted to), it steps aside when nothing is outstanding: it parks for
 /// at most [`HANDBACK_GRACE`] (busy-polling for its unpark first, for the reactor's
-/// [`Reactor::set_busy_poll`] time: unparking a spinning thread costs no syscall), then takes one non-blocking look at the sockets and timers and
-/// steps aside again, until callers stop coming; then it polls as usual. A caller that hands
+/// [`Reactor::set_busy_poll`] time: unparking a spinning thread costs no syscall), then takes
+/// one non-blocking look at the sockets and timers and steps aside again, until callers stop
+/// coming; then it polls as usual. A caller that hands
 /// back with work left (other calls outstanding, queued hand-offs, a deadline due soon) unparks
 /// the thread.
 pub(crate) struct Driver {
