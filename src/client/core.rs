@@ -425,13 +425,29 @@ impl ClientCore {
         }
         self.closing = true;
         self.shared.mark_closed();
+        let mut batch = std::mem::take(&mut self.admitting);
+        while let Some(sub) = self.shared.submit.pop() {
+            batch.push(sub);
+        }
         if let Some(core) = core.as_deref_mut() {
-            self.write_accepted_sends(core);
+            self.write_waiting_sends(core);
         }
         let now = Instant::now();
         self.fail_calls(&Error::Closed, now, |_| true);
         self.waiting.clear();
-        while let Some(sub) = self.shared.submit.pop() {
+        // In submission order: a send goes out while an open connection takes it; a call's
+        // request is not written once its caller is told `Closed`.
+        for sub in batch.drain(..) {
+            let sent = match (&sub, core.as_deref_mut()) {
+                (Submission::Send(idx, buf), Some(core)) => self.send_now(core, *idx, buf),
+                (Submission::SendInline(idx, len, bytes), Some(core)) => {
+                    self.send_now(core, *idx, &bytes[..usize::from(*len)])
+                }
+                _ => false,
+            };
+            if sent {
+                continue;
+            }
             self.shared.stats.error(&Error::Closed);
             match sub {
                 Submission::Call(idx) => {
@@ -444,6 +460,7 @@ impl ClientCore {
                 Submission::SendInline(idx, ..) => self.shared.slots.release_reserved(idx),
             }
         }
+        self.admitting = batch;
         self.shared.report_ready(Err(Error::Closed));
         if let Some(core) = core {
             for link in &self.links {
@@ -462,10 +479,9 @@ impl ClientCore {
         }
     }
 
-    /// Closing: puts the sends still waiting (for a connection, or in the submission queue)
-    /// into open connections' batches, in order, while they take them. Calls are left for
-    /// `shut` to fail: a call's request is not written once its caller was told `Closed`.
-    fn write_accepted_sends(&mut self, core: &mut Core) {
+    /// Closing: puts the sends of the waiting line into open connections' batches, in order,
+    /// while they take them; `shut` fails the rest with the calls.
+    fn write_waiting_sends(&mut self, core: &mut Core) {
         let mut waiting = std::mem::take(&mut self.waiting);
         for (idx, gen, send) in waiting.drain(..) {
             let meta = self.metas[idx as usize];
@@ -480,24 +496,6 @@ impl ClientCore {
                 other => self.waiting.push_back((idx, gen, other)),
             }
         }
-        let mut batch = std::mem::take(&mut self.admitting);
-        while let Some(sub) = self.shared.submit.pop() {
-            batch.push(sub);
-        }
-        for sub in batch.drain(..) {
-            let sent = match &sub {
-                Submission::Call(_) => false,
-                Submission::Send(idx, buf) => self.send_now(core, *idx, buf),
-                Submission::SendInline(idx, len, bytes) => {
-                    self.send_now(core, *idx, &bytes[..usize::from(*len)])
-                }
-            };
-            if !sent {
-                // Back in line for `shut`; the queue has room: these came out of it.
-                let _ = self.shared.submit.push(sub);
-            }
-        }
-        self.admitting = batch;
     }
 
     /// Completes the calls whose responses the connection has decoded.
