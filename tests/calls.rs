@@ -454,9 +454,15 @@ fn compression_round_trip(client_c: Compression, server_c: Compression) {
         "{client_c}/{server_c}: compressible payload changed"
     );
     drop(resp);
-    // Compression actually happened in the direction that asked for it.
+    // Compression actually happened in the direction that asked for it. What the server
+    // answered is measured where it arrived: the client counts bytes before it decodes them,
+    // so its count is complete when the call returns, while the server's thread may not yet
+    // have added its last write. The server's own count must catch up to the same figure.
     let sent = client.stats().bytes_written;
-    let answered = server.stats().bytes_written;
+    let answered = client.stats().bytes_read;
+    wait_until(WAIT, "the server to count its writes", || {
+        server.stats().bytes_written == answered
+    });
     if client_c == Compression::None {
         assert!(sent > big.len() as u64, "{client_c}: sent {sent}");
     } else {
