@@ -29,8 +29,9 @@
 //! A reactor whose traffic is latency-bound (its last frames came a few at a time) therefore
 //! polls without sleeping, yielding the core between looks, for up to
 //! [`Reactor::set_busy_poll`] after its last activity before it blocks in the kernel. A
-//! reactor moving large batches never spins: it rarely waits, and spinning would take the
-//! core from the threads that feed it.
+//! reactor moving large batches spins only while its idle spells have mostly ended within
+//! that time; otherwise spinning would take the core from the threads that feed it
+//! ([`busy_poll`] holds the policy).
 //!
 //! # Callers driving a client's reactor
 //! A client's own reactor (made by `connect()`) runs under a [`Driver`]: a caller about to
@@ -45,6 +46,8 @@
 //! blocks). Spurious wake-ups are harmless. Calls made from the driving thread must not block
 //! on their own completion: use [`crate::PendingCall::is_done`] / `try_wait` between turns.
 
+mod busy_poll;
+
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
@@ -56,6 +59,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
+use self::busy_poll::BusyPoll;
 use crate::stats::{SharedStats, C};
 use crate::transport::{Address, Listener, Stream};
 use crate::wire::conn::{Conn, Counters, State};
@@ -69,12 +73,6 @@ const READ_BUDGET: usize = 16;
 const IDLE_AFTER: Duration = Duration::from_secs(1);
 /// The busy polling of the reactors `Client::connect` and `Server::bind` start.
 pub(crate) const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(100);
-/// A reactor busy-polls only while the last turn that brought frames brought at most this
-/// many: more means batches are forming, the work is throughput-bound, and the reactor is
-/// seldom idle for long (measured on 2 cores: spinning whatever the batch size cost the
-/// 100-in-flight shapes 10-30%, the spinner taking the core from the threads that feed it;
-/// gated by this, `EndToEndNoDelay1` is 3x faster and the large batches unchanged).
-const BUSY_POLL_MAX_FRAMES: u64 = 16;
 
 /// The part of a reactor other threads hold: its waker.
 pub(crate) struct ReactorShared {
@@ -407,8 +405,8 @@ pub struct Reactor {
     buffered: Vec<u64>,
     core: Core,
     services: Slab<Box<dyn Service>>,
-    /// How long to poll without sleeping after the last activity (zero: never).
-    busy_poll: Duration,
+    /// When to poll without sleeping, and for how long.
+    busy_poll: BusyPoll,
     /// When the last turn that had an event or a hand-off began its work.
     last_active: Instant,
     /// Frames decoded by the last turn that decoded any.
@@ -455,7 +453,7 @@ impl Reactor {
                 now: Instant::now(),
             },
             services: Slab::new(),
-            busy_poll: Duration::ZERO,
+            busy_poll: BusyPoll::new(Duration::ZERO),
             last_active: Instant::now(),
             last_frames: 0,
         })
@@ -464,8 +462,10 @@ impl Reactor {
     /// Busy polling: while its recent frames came a few at a time (at most 16 a turn), the
     /// reactor polls without sleeping for up to `spin` after its last activity, yielding the
     /// core between looks, before it blocks in the kernel; a hand-off from another thread
-    /// ends the spin at once and costs that thread no wake-up syscall. It trades CPU (at most
-    /// `spin` per burst of traffic) for latency where waking an idle core is slow (tens of
+    /// ends the spin at once and costs that thread no wake-up syscall. After larger turns it
+    /// spins (for up to `spin` from when it went idle) only while at least three in four of
+    /// its recent idle spells ended within `spin`. It trades CPU (at most `spin` per idle
+    /// spell) for latency where waking an idle core is slow (tens of
     /// microseconds on virtual machines). Zero (the default for a reactor you make;
     /// `connect()` and `bind()` use their builder's `busy_poll`) never spins. Waits are
     /// never longer than they would be without it: `poll_once`'s timeout and every deadline
@@ -478,7 +478,7 @@ impl Reactor {
     /// # Ok(()) }
     /// ```
     pub fn set_busy_poll(&mut self, spin: Duration) {
-        self.busy_poll = spin;
+        self.busy_poll = BusyPoll::new(spin);
     }
 
     pub(crate) fn shared(&self) -> &Arc<ReactorShared> {
@@ -519,6 +519,10 @@ impl Reactor {
         let active = self.wait(timeout, now)?;
         self.core.now = Instant::now();
         if active {
+            if timeout != Some(Duration::ZERO) {
+                self.busy_poll
+                    .note_idle(self.core.now.saturating_duration_since(now));
+            }
             self.last_active = self.core.now;
         }
 
@@ -605,14 +609,17 @@ impl Reactor {
         Ok(handed || !self.events.is_empty())
     }
 
-    /// Busy polling: looks for events and hand-offs without sleeping, yielding the core
-    /// between looks, until one comes (true) or the spin is over (false). Other threads see
-    /// the reactor awake meanwhile, so their hand-offs cost no wake-up.
+    /// Busy polling, when [`BusyPoll`] says so: looks for events and hand-offs without
+    /// sleeping, yielding the core between looks, until one comes (true) or the spin is over
+    /// (false). Other threads see the reactor awake meanwhile, so their hand-offs cost no
+    /// wake-up.
     fn spin(&mut self, timeout: Option<Duration>, now: Instant) -> io::Result<bool> {
-        if self.busy_poll.is_zero() || self.last_frames > BUSY_POLL_MAX_FRAMES {
+        let Some(mut end) = self
+            .busy_poll
+            .spin_until(self.last_frames, self.last_active, now)
+        else {
             return Ok(false);
-        }
-        let mut end = self.last_active + self.busy_poll;
+        };
         if let Some(timeout) = timeout {
             end = end.min(now + timeout);
         }
@@ -1179,7 +1186,7 @@ pub(crate) fn spawn_shared(
     name: String,
 ) -> io::Result<(Arc<Driver>, std::thread::JoinHandle<()>)> {
     let shared = reactor.core.shared.clone();
-    let busy_poll = reactor.busy_poll;
+    let busy_poll = reactor.busy_poll.spin();
     let driver = Arc::new(Driver {
         reactor: Mutex::new(Some(reactor)),
         shared,

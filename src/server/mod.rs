@@ -172,7 +172,7 @@ impl ServerShared {
 /// | [`max_queued_requests`](Self::max_queued_requests) | 10 000 |
 /// | [`max_frame_len`](Self::max_frame_len) | 64 MiB |
 /// | [`handshake_timeout`](Self::handshake_timeout) | 3 s |
-/// | [`busy_poll`](Self::busy_poll) | 100 µs, while few requests come at a time |
+/// | [`busy_poll`](Self::busy_poll) | 100 µs, while requests come few at a time or soon after each other |
 #[cfg_attr(feature = "tls", doc = "| [`tls`](Self::tls) | none: plaintext |")]
 #[cfg_attr(
     feature = "tls",
@@ -379,10 +379,13 @@ impl ServerBuilder {
     /// activity, yielding the core between looks, before it sleeps in the kernel. Waking a
     /// thread whose core went idle costs tens of microseconds on virtual machines, more than a
     /// loopback round trip: with few calls in flight at its clients this halves latency or
-    /// better, for at most `spin` of CPU per burst of traffic. Busier traffic (larger
-    /// batches) never spins: the reactor seldom waits then, and spinning would take the core
-    /// from the threads that feed it. Zero never spins. Default 100 µs. (A reactor you drive
-    /// has its own setting: [`Reactor::set_busy_poll`].)
+    /// better, for at most `spin` of CPU per idle spell. After larger turns (batches are
+    /// forming) it spins, for up to `spin` from when it went idle, only while at least three
+    /// in four of its recent idle spells ended within `spin`: with a few hundred calls in
+    /// flight the next batch comes that soon and the spin saves a wake-up, with thousands
+    /// the reactor idles longer and spinning would take the core from the threads that feed
+    /// it. Zero never spins. Default 100 µs. (A reactor you drive has its own setting:
+    /// [`Reactor::set_busy_poll`].)
     pub fn busy_poll(mut self, spin: Duration) -> Self {
         self.busy_poll = spin;
         self
