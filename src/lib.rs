@@ -154,9 +154,10 @@ attacks). Turn compression off on connections that carry both.
 //! saves the two thread wake-ups of handing the call to the reactor thread and back. The
 //! reactor thread takes over whenever a caller leaves work behind.
 //!
-//! While traffic is light (frames come a few at a time), the reactors of `connect()` and
-//! `bind()` poll for up to 100 µs before they sleep, yielding the core between looks: waking a
-//! thread whose core went idle costs more than a loopback round trip on virtual machines. See
+//! While traffic is light (frames come a few at a time), or heavier but with the next frames
+//! mostly coming within 100 µs, the reactors of `connect()` and `bind()` poll for up to
+//! 100 µs before they sleep, yielding the core between looks: waking a thread whose core went
+//! idle costs more than a loopback round trip on virtual machines. See
 //! [`ClientBuilder::busy_poll`] and [`ServerBuilder::busy_poll`] for the trade (set them to
 //! zero to never spin), and [`Reactor::set_busy_poll`] for a reactor you drive.
 //!
