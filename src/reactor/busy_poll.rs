@@ -26,7 +26,7 @@ const LIGHT_TURN_FRAMES: u64 = 16;
 /// good as) when the reactor looked, and sleeping or spinning would have cost the same.
 const TELLING_IDLE: Duration = Duration::from_micros(5);
 
-/// The share of short idle spells (out of [`ONE`]) above which heavy turns are followed by a
+/// The share of short idle spells (out of [`ONE`]) from which heavy turns are followed by a
 /// spin.
 const SPIN_ABOVE: u32 = ONE * 3 / 4;
 
@@ -34,7 +34,7 @@ const SPIN_ABOVE: u32 = ONE * 3 / 4;
 const ONE: u32 = 256;
 
 /// The busy-poll policy of one reactor: its setting and what its recent idle spells were like.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct BusyPoll {
     /// The longest spin; zero turns busy polling off.
     spin: Duration,
@@ -79,7 +79,7 @@ impl BusyPoll {
             None
         } else if last_frames <= LIGHT_TURN_FRAMES {
             Some(last_active + self.spin)
-        } else if self.short_spells > SPIN_ABOVE {
+        } else if self.short_spells >= SPIN_ABOVE {
             Some(now + self.spin)
         } else {
             None
