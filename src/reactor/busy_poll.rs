@@ -123,9 +123,9 @@ mod tests {
         assert_eq!(bp.spin_until(500, active, now), None);
         // Light turns still spin.
         assert_eq!(bp.spin_until(2, active, now), Some(active + SPIN));
-        // Spells within the spin time bring it back...
+        // Spells within the spin time (up to the whole of it) bring it back...
         for _ in 0..12 {
-            bp.note_idle(us(40));
+            bp.note_idle(SPIN);
         }
         assert_eq!(bp.spin_until(100, active, now), Some(now + SPIN));
         // ...and one long spell among short ones does not take it away.
