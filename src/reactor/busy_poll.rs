@@ -33,11 +33,16 @@ const SPIN_ABOVE: u32 = ONE * 3 / 4;
 /// Fixed-point one for the share of short idle spells.
 const ONE: u32 = 256;
 
-/// The busy-poll policy of one reactor: its setting and what its recent idle spells were like.
+/// The busy-poll policy of one reactor: its setting and what its recent turns and idle spells
+/// were like.
 #[derive(Debug)]
 pub(crate) struct BusyPoll {
     /// The longest spin; zero turns busy polling off.
     spin: Duration,
+    /// When the last turn that had an event or a hand-off began its work.
+    last_active: Instant,
+    /// Frames decoded by the last turn that decoded any.
+    last_frames: u64,
     /// Moving average of "this idle spell ended within `spin`" over the telling spells, in
     /// 1/[`ONE`]ths; each spell weighs 1/8.
     short_spells: u32,
@@ -47,6 +52,8 @@ impl BusyPoll {
     pub(crate) fn new(spin: Duration) -> BusyPoll {
         BusyPoll {
             spin,
+            last_active: Instant::now(),
+            last_frames: 0,
             short_spells: ONE,
         }
     }
@@ -56,29 +63,34 @@ impl BusyPoll {
         self.spin
     }
 
-    /// Notes an idle spell: the reactor went looking for events and found some after `idle`.
-    pub(crate) fn note_idle(&mut self, idle: Duration) {
-        if idle < TELLING_IDLE {
-            return;
-        }
-        self.short_spells -= self.short_spells / 8;
-        if idle <= self.spin {
-            self.short_spells += ONE / 8;
+    /// Notes a turn that found an event or a hand-off at `now`; `idle` is how long the reactor
+    /// looked for it, `None` if it only had a look without waiting.
+    pub(crate) fn note_active(&mut self, now: Instant, idle: Option<Duration>) {
+        self.last_active = now;
+        match idle {
+            Some(idle) if idle >= TELLING_IDLE => {
+                self.short_spells -= self.short_spells / 8;
+                if idle <= self.spin {
+                    self.short_spells += ONE / 8;
+                }
+            }
+            _ => {}
         }
     }
 
-    /// Until when a reactor that starts waiting at `now` spins, if it does: its last turn with
-    /// frames decoded `last_frames` of them, its last activity was at `last_active`.
-    pub(crate) fn spin_until(
-        &self,
-        last_frames: u64,
-        last_active: Instant,
-        now: Instant,
-    ) -> Option<Instant> {
+    /// Notes how many frames a turn decoded.
+    pub(crate) fn note_frames(&mut self, frames: u64) {
+        if frames > 0 {
+            self.last_frames = frames;
+        }
+    }
+
+    /// Until when a reactor that starts waiting at `now` spins, if it does.
+    pub(crate) fn spin_until(&self, now: Instant) -> Option<Instant> {
         if self.spin.is_zero() {
             None
-        } else if last_frames <= LIGHT_TURN_FRAMES {
-            Some(last_active + self.spin)
+        } else if self.last_frames <= LIGHT_TURN_FRAMES {
+            Some(self.last_active + self.spin)
         } else if self.short_spells >= SPIN_ABOVE {
             Some(now + self.spin)
         } else {
@@ -97,65 +109,75 @@ mod tests {
         Duration::from_micros(n)
     }
 
+    /// A policy whose last activity was at the returned instant, after a turn of `frames`.
+    fn after_turn(spin: Duration, frames: u64) -> (BusyPoll, Instant) {
+        let mut bp = BusyPoll::new(spin);
+        let active = Instant::now();
+        bp.note_active(active, None);
+        bp.note_frames(frames);
+        (bp, active)
+    }
+
+    /// Notes idle spells of `idle` each, keeping the last activity where it was.
+    fn spells(bp: &mut BusyPoll, n: usize, idle: Duration) {
+        let active = bp.last_active;
+        for _ in 0..n {
+            bp.note_active(active, Some(idle));
+        }
+    }
+
     #[test]
     fn light_turns_spin_from_the_last_activity() {
-        let bp = BusyPoll::new(SPIN);
-        let active = Instant::now();
-        let now = active + us(30);
-        assert_eq!(bp.spin_until(1, active, now), Some(active + SPIN));
-        assert_eq!(bp.spin_until(16, active, now), Some(active + SPIN));
-        assert_eq!(
-            BusyPoll::new(Duration::ZERO).spin_until(1, active, now),
-            None
-        );
+        for frames in [1, 16] {
+            let (bp, active) = after_turn(SPIN, frames);
+            assert_eq!(bp.spin_until(active + us(30)), Some(active + SPIN));
+        }
+        let (off, active) = after_turn(Duration::ZERO, 1);
+        assert_eq!(off.spin_until(active + us(30)), None);
     }
 
     #[test]
     fn heavy_turns_spin_only_while_idle_spells_are_mostly_short() {
-        let mut bp = BusyPoll::new(SPIN);
-        let active = Instant::now();
+        let (mut bp, active) = after_turn(SPIN, 17);
         let now = active + us(30);
-        assert_eq!(bp.spin_until(17, active, now), Some(now + SPIN));
+        assert_eq!(bp.spin_until(now), Some(now + SPIN));
         // Idle spells of hundreds of microseconds (thousands of calls in flight): no spin.
-        for _ in 0..4 {
-            bp.note_idle(us(300));
-        }
-        assert_eq!(bp.spin_until(500, active, now), None);
-        // Light turns still spin.
-        assert_eq!(bp.spin_until(2, active, now), Some(active + SPIN));
+        spells(&mut bp, 4, us(300));
+        bp.note_frames(500);
+        assert_eq!(bp.spin_until(now), None);
+        // A turn without frames changes nothing; light turns still spin.
+        bp.note_frames(0);
+        assert_eq!(bp.spin_until(now), None);
+        bp.note_frames(2);
+        assert_eq!(bp.spin_until(now), Some(active + SPIN));
         // Spells within the spin time (up to the whole of it) bring it back...
-        for _ in 0..12 {
-            bp.note_idle(SPIN);
-        }
-        assert_eq!(bp.spin_until(100, active, now), Some(now + SPIN));
+        bp.note_frames(100);
+        spells(&mut bp, 12, SPIN);
+        assert_eq!(bp.spin_until(now), Some(now + SPIN));
         // ...and one long spell among short ones does not take it away.
-        bp.note_idle(us(300));
-        assert_eq!(bp.spin_until(100, active, now), Some(now + SPIN));
+        spells(&mut bp, 1, us(300));
+        assert_eq!(bp.spin_until(now), Some(now + SPIN));
     }
 
     #[test]
     fn events_found_at_once_say_nothing() {
-        let mut bp = BusyPoll::new(SPIN);
-        for _ in 0..4 {
-            bp.note_idle(us(300));
-        }
+        let (mut bp, _) = after_turn(SPIN, 100);
+        spells(&mut bp, 4, us(300));
         let before = bp.short_spells;
+        spells(&mut bp, 100, us(1));
+        let active = bp.last_active;
         for _ in 0..100 {
-            bp.note_idle(us(1));
+            bp.note_active(active, None);
         }
         assert_eq!(bp.short_spells, before);
     }
 
     #[test]
     fn the_share_stays_in_range() {
-        let mut bp = BusyPoll::new(SPIN);
-        for _ in 0..1000 {
-            bp.note_idle(us(50));
-        }
+        let (mut bp, active) = after_turn(SPIN, 100);
+        spells(&mut bp, 1000, us(50));
         assert!(bp.short_spells <= ONE);
-        for _ in 0..1000 {
-            bp.note_idle(us(500));
-        }
-        assert_eq!(bp.spin_until(100, Instant::now(), Instant::now()), None);
+        spells(&mut bp, 1000, us(500));
+        assert_eq!(bp.spin_until(active), None);
     }
 }

@@ -407,10 +407,6 @@ pub struct Reactor {
     services: Slab<Box<dyn Service>>,
     /// When to poll without sleeping, and for how long.
     busy_poll: BusyPoll,
-    /// When the last turn that had an event or a hand-off began its work.
-    last_active: Instant,
-    /// Frames decoded by the last turn that decoded any.
-    last_frames: u64,
 }
 
 impl std::fmt::Debug for Reactor {
@@ -454,8 +450,6 @@ impl Reactor {
             },
             services: Slab::new(),
             busy_poll: BusyPoll::new(Duration::ZERO),
-            last_active: Instant::now(),
-            last_frames: 0,
         })
     }
 
@@ -519,11 +513,9 @@ impl Reactor {
         let active = self.wait(timeout, now)?;
         self.core.now = Instant::now();
         if active {
-            if timeout != Some(Duration::ZERO) {
-                self.busy_poll
-                    .note_idle(self.core.now.saturating_duration_since(now));
-            }
-            self.last_active = self.core.now;
+            let waited = timeout != Some(Duration::ZERO);
+            let idle = waited.then(|| self.core.now.saturating_duration_since(now));
+            self.busy_poll.note_active(self.core.now, idle);
         }
 
         self.ready.clear();
@@ -567,9 +559,8 @@ impl Reactor {
             service.turn(&mut self.core);
         }
         self.fire_timers();
-        if self.core.frames_this_turn > 0 {
-            self.last_frames = std::mem::take(&mut self.core.frames_this_turn);
-        }
+        self.busy_poll
+            .note_frames(std::mem::take(&mut self.core.frames_this_turn));
         if self.core.now >= self.core.next_sweep {
             self.release_idle_buffers();
         }
@@ -614,10 +605,7 @@ impl Reactor {
     /// (false). Other threads see the reactor awake meanwhile, so their hand-offs cost no
     /// wake-up.
     fn spin(&mut self, timeout: Option<Duration>, now: Instant) -> io::Result<bool> {
-        let Some(mut end) = self
-            .busy_poll
-            .spin_until(self.last_frames, self.last_active, now)
-        else {
+        let Some(mut end) = self.busy_poll.spin_until(now) else {
             return Ok(false);
         };
         if let Some(timeout) = timeout {
