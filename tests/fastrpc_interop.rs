@@ -1,9 +1,9 @@
 //! The fastrpc profile against fake Go peers over real loopback TCP.
 //!
 //! A test-side peer (plain `std::net` sockets on a thread, every read under a deadline) plays
-//! the Go side of a scenario captured in `../shared/vectors/`: it writes exactly the bytes Go
+//! the Go side of a scenario captured in `tests/data/fastrpc/`: it writes exactly the bytes Go
 //! wrote and checks what ours writes back, against the captures and the rules of
-//! `../shared/FASTRPC-WIRE.md`.
+//! `docs/fastrpc-wire.md`.
 //!
 //! - Our [`fastrpc::Server`] against a fake Go client (scenarios 01 to 06).
 //! - Our [`fastrpc::Client`] against a fake Go server (scenarios 01 to 06).

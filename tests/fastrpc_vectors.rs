@@ -1,4 +1,4 @@
-//! Replays the golden vectors captured from Go's fastrpc + tlv (`../shared/vectors/`) through
+//! Replays the golden vectors captured from Go's fastrpc + tlv (`tests/data/fastrpc/`) through
 //! the sans-IO codecs of `batchrpc::wire::fastrpc`, and checks that our encoders produce the
 //! same frames.
 

@@ -66,6 +66,10 @@
 mod client;
 mod server;
 
+/// The wire format this profile speaks, byte by byte (a page of documentation, no code).
+#[doc = include_str!("../../docs/fastrpc-wire.md")]
+pub mod wire_format {}
+
 pub use crate::wire::fastrpc::MAX_FIELD_LEN;
 pub use client::{Client, ClientBuilder};
 pub use server::{Server, ServerBuilder};

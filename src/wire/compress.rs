@@ -734,7 +734,7 @@ mod tests {
     /// The bytes of a vector file after the 3-byte handshake.
     fn vector(name: &str) -> Vec<u8> {
         let path = format!(
-            "{}/../shared/vectors/{name}.hex",
+            "{}/tests/data/fastrpc/{name}.hex",
             env!("CARGO_MANIFEST_DIR")
         );
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));

@@ -1,9 +1,8 @@
 //! The fastrpc compatibility profile: the wire format of Go's `valyala/fastrpc` with its `tlv`
 //! request and response types, as sans-IO codecs.
 //!
-//! The byte-exact description is `FASTRPC-WIRE.md` in the team's shared directory next to this
-//! repository (`../shared/`); the golden vectors captured there from Go talking to Go
-//! (`../shared/vectors/`) are replayed by `tests/fastrpc_vectors.rs`.
+//! The byte-exact description is [`crate::fastrpc::wire_format`]; the bytes captured from Go
+//! talking to Go, shipped in `tests/data/fastrpc/`, are replayed by `tests/fastrpc_vectors.rs`.
 //!
 //! # Handshake
 //!

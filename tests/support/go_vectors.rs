@@ -1,10 +1,10 @@
-//! The bytes captured from Go's fastrpc talking to itself (`../shared/vectors/`, described in
-//! its README), loaded and decompressed for the fastrpc tests.
+//! The bytes captured from Go's fastrpc talking to itself (`tests/data/fastrpc/`, described in
+//! the README there), loaded and decompressed for the fastrpc tests.
 
 use batchrpc::wire::compress::{Compression, Decoder};
 
-/// Where the captures are: the team's shared directory next to this repository.
-pub const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/");
+/// Where the captures are, inside the crate (they ship with it, so its tests run anywhere).
+pub const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/fastrpc/");
 
 /// One direction of a scenario: `NAME.c2s.hex` or `NAME.s2c.hex`, hex-decoded.
 pub fn load(name: &str, dir: &str) -> Vec<u8> {
