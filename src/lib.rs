@@ -99,25 +99,31 @@ attacks). Turn compression off on connections that carry both.
 
 "#
 )]
-//! # Typed calls
-//!
-//! [`Dispatcher`] serves named functions of serde types (encoded with bincode 2);
-//! [`FuncClient`] calls them with no copy of the server's registrations. Unknown names,
-//! undecodable arguments and the functions' own errors reach the caller as [`Error::Server`]
-//! with distinct texts. See [`typed`].
-//!
-//! ```
-//! # fn main() -> Result<(), batchrpc::Error> {
-//! use batchrpc::{Client, Dispatcher, FuncClient, Server};
-//! let mut d = Dispatcher::new();
-//! d.add_func("add", |(a, b): (i64, i64)| -> Result<i64, String> { Ok(a + b) });
-//! let server = Server::builder().handler(d.into_handler()).bind("127.0.0.1:0")?;
-//! let fc = FuncClient::new(Client::builder(server.local_addr()).connect()?);
-//! let sum: i64 = fc.call("add", &(2i64, 3i64))?;
-//! assert_eq!(sum, 5);
-//! # Ok(()) }
-//! ```
-//!
+#![cfg_attr(
+    feature = "typed",
+    doc = r#"
+# Typed calls
+
+With the `typed` cargo feature (on by default; it brings in serde and bincode 2),
+[`Dispatcher`] serves named functions of serde types (encoded with bincode 2, or another
+[`typed::Format`]); [`FuncClient`] calls them with no copy of the server's registrations.
+Unknown names, undecodable arguments and the functions' own errors reach the caller as
+[`Error::Server`] with distinct texts. See [`typed`].
+
+```
+# fn main() -> Result<(), batchrpc::Error> {
+use batchrpc::{Client, Dispatcher, FuncClient, Server};
+let mut d = Dispatcher::new();
+d.add_func("add", |(a, b): (i64, i64)| -> Result<i64, String> { Ok(a + b) });
+let server = Server::builder().handler(d.into_handler()).bind("127.0.0.1:0")?;
+let fc = FuncClient::new(Client::builder(server.local_addr()).connect()?);
+let sum: i64 = fc.call("add", &(2i64, 3i64))?;
+assert_eq!(sum, 5);
+# Ok(()) }
+```
+
+"#
+)]
 //! # Talking to Go's fastrpc
 //!
 //! [`fastrpc::Client`] calls Go `fastrpc.Server`s that speak `tlv` messages, and
@@ -211,6 +217,7 @@ pub mod stats;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod transport;
+#[cfg(feature = "typed")]
 pub mod typed;
 pub mod wire;
 
@@ -220,5 +227,6 @@ pub use reactor::Reactor;
 pub use server::{ConnInfo, HandlerError, RequestCtx, Server, ServerBuilder};
 pub use stats::Stats;
 pub use transport::{Address, ToAddress};
+#[cfg(feature = "typed")]
 pub use typed::{Dispatcher, FuncClient};
 pub use wire::compress::Compression;

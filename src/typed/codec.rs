@@ -1,4 +1,5 @@
-//! The typed layer's byte layout: requests (function name + arguments) and values.
+//! The typed layer's byte layout: requests (function name + arguments) and values, in the
+//! default [`Format`](super::Format), [`Bincode`](super::Bincode).
 //!
 //! [`Dispatcher`](super::Dispatcher) and [`FuncClient`](super::FuncClient) use these functions;
 //! they are public so that typed requests can be built or served elsewhere (a peer in another
@@ -8,7 +9,7 @@
 //!
 //! ```text
 //! +----------+----------------------+--------------------------------------+
-//! | len: u8  | name: len bytes      | arguments: bincode 2, standard()     |
+//! | len: u8  | name: len bytes      | arguments: the format's encoding     |
 //! +----------+----------------------+--------------------------------------+
 //! ```
 //!
@@ -16,8 +17,10 @@
 //!   for a future extension; a server answers it as a malformed request.
 //! - `name` is the function's UTF-8 name, e.g. `add` or `Kv.get`.
 //! - `arguments` is the argument value (one value; several arguments travel as a tuple)
-//!   encoded with bincode 2's serde support and [`bincode::config::standard`]: little-endian,
-//!   variable-length integers, no padding. `()` encodes to nothing.
+//!   encoded by the [`Format`](super::Format) of the dispatcher and the client. With the
+//!   default, [`Bincode`](super::Bincode), that is bincode 2's serde support with
+//!   [`bincode::config::standard`]: little-endian, variable-length integers, no padding.
+//!   `()` encodes to nothing.
 //!
 //! So `add(2i64, 3i64)` is the 6 bytes `03 'a' 'd' 'd' 04 06` (zigzag varints).
 //!
@@ -68,14 +71,31 @@ pub fn encode_request<A>(out: &mut Vec<u8>, name: &str, args: &A) -> Result<(), 
 where
     A: Serialize + ?Sized,
 {
+    let start = out.len();
+    push_name(out, name)?;
+    encode_value(out, args).inspect_err(|_| out.truncate(start))
+}
+
+/// Appends the name part of a request (length byte and name): the start of the layout in the
+/// [module docs](self), whatever the [`Format`](super::Format) of the arguments that follow.
+///
+/// Fails, leaving `out` as it was, if `name` is empty or longer than [`MAX_NAME_LEN`].
+///
+/// ```
+/// let mut req = Vec::new();
+/// batchrpc::typed::codec::push_name(&mut req, "add").unwrap();
+/// assert_eq!(req, b"\x03add");
+/// assert!(batchrpc::typed::codec::push_name(&mut req, "").is_err());
+/// ```
+#[inline]
+pub fn push_name(out: &mut Vec<u8>, name: &str) -> Result<(), CodecError> {
     let len = name.len();
     if len == 0 || len > MAX_NAME_LEN {
         return Err(CodecError(Kind::NameLen(len)));
     }
-    let start = out.len();
     out.push(len as u8);
     out.extend_from_slice(name.as_bytes());
-    encode_value(out, args).inspect_err(|_| out.truncate(start))
+    Ok(())
 }
 
 /// Splits a request into the function name and the encoded arguments, without copying.

@@ -3,12 +3,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::codec::{self, MAX_NAME_LEN};
+use super::{Bincode, Format};
 use crate::{HandlerError, RequestCtx};
 
 /// A registered function, type-erased: decodes the arguments, runs, encodes the result.
@@ -54,9 +56,13 @@ pub const DEFAULT_MAX_ARGS_LEN: usize = 16 << 20;
 /// assert!(matches!(err, batchrpc::Error::Server(msg) if msg == "cannot divide 1 by 0"));
 /// # Ok(()) }
 /// ```
-pub struct Dispatcher {
+///
+/// Arguments and results are encoded by the [`Format`] `F`, [`Bincode`] unless the dispatcher
+/// was made by [`with_format`](Self::with_format).
+pub struct Dispatcher<F = Bincode> {
     funcs: HashMap<Box<[u8]>, Entry, BuildHasherDefault<NameHasher>>,
     max_args_len: usize,
+    _format: PhantomData<fn() -> F>,
 }
 
 impl Default for Dispatcher {
@@ -65,7 +71,7 @@ impl Default for Dispatcher {
     }
 }
 
-impl fmt::Debug for Dispatcher {
+impl<F: Format> fmt::Debug for Dispatcher<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut names: Vec<&str> = self.names().collect();
         names.sort_unstable();
@@ -77,11 +83,28 @@ impl fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
-    /// An empty dispatcher; arguments are capped at [`DEFAULT_MAX_ARGS_LEN`] (16 MiB).
+    /// An empty dispatcher encoding with [`Bincode`]; arguments are capped at
+    /// [`DEFAULT_MAX_ARGS_LEN`] (16 MiB).
     pub fn new() -> Dispatcher {
+        Dispatcher::with_format()
+    }
+}
+
+impl<F: Format> Dispatcher<F> {
+    /// An empty dispatcher encoding with the [`Format`] `F`, for clients made by
+    /// [`FuncClient::with_format`](super::FuncClient::with_format) with the same `F`;
+    /// arguments are capped at [`DEFAULT_MAX_ARGS_LEN`] (16 MiB).
+    ///
+    /// ```
+    /// use batchrpc::typed::Bincode;
+    /// let d = batchrpc::Dispatcher::<Bincode>::with_format();
+    /// assert!(d.is_empty());
+    /// ```
+    pub fn with_format() -> Dispatcher<F> {
         Dispatcher {
             funcs: HashMap::default(),
             max_args_len: DEFAULT_MAX_ARGS_LEN,
+            _format: PhantomData,
         }
     }
 
@@ -101,16 +124,16 @@ impl Dispatcher {
     ///     .add_func("len", |s: String| Ok::<_, String>(s.len() as u64));
     /// assert!(d.contains("ping") && d.contains("len"));
     /// ```
-    pub fn add_func<Req, Resp, E, F>(&mut self, name: &str, f: F) -> &mut Self
+    pub fn add_func<Req, Resp, E, Fun>(&mut self, name: &str, f: Fun) -> &mut Self
     where
         Req: DeserializeOwned,
         Resp: Serialize,
         E: fmt::Display,
-        F: Fn(Req) -> Result<Resp, E> + Send + Sync + 'static,
+        Fun: Fn(Req) -> Result<Resp, E> + Send + Sync + 'static,
     {
         self.insert(
             name,
-            Box::new(move |_ctx, name, args, resp| run(name, args, resp, &f)),
+            Box::new(move |_ctx, name, args, resp| run::<F, _, _, _>(name, args, resp, &f)),
         )
     }
 
@@ -128,16 +151,18 @@ impl Dispatcher {
     ///     Ok::<_, String>(ctx.peer_addr().to_string())
     /// });
     /// ```
-    pub fn add_func_ctx<Req, Resp, E, F>(&mut self, name: &str, f: F) -> &mut Self
+    pub fn add_func_ctx<Req, Resp, E, Fun>(&mut self, name: &str, f: Fun) -> &mut Self
     where
         Req: DeserializeOwned,
         Resp: Serialize,
         E: fmt::Display,
-        F: Fn(&RequestCtx, Req) -> Result<Resp, E> + Send + Sync + 'static,
+        Fun: Fn(&RequestCtx, Req) -> Result<Resp, E> + Send + Sync + 'static,
     {
         self.insert(
             name,
-            Box::new(move |ctx, name, args, resp| run(name, args, resp, |req| f(ctx, req))),
+            Box::new(move |ctx, name, args, resp| {
+                run::<F, _, _, _>(name, args, resp, |req| f(ctx, req))
+            }),
         )
     }
 
@@ -167,7 +192,7 @@ impl Dispatcher {
     /// names.sort();
     /// assert_eq!(names, ["Counter.add", "Counter.get", "Counter.version"]);
     /// ```
-    pub fn add_service<S>(&mut self, service: &str, state: Arc<S>) -> Service<'_, S>
+    pub fn add_service<S>(&mut self, service: &str, state: Arc<S>) -> Service<'_, S, F>
     where
         S: Send + Sync + 'static,
     {
@@ -360,21 +385,22 @@ impl Hasher for NameHasher {
 
 /// Decodes, calls, encodes: the body of every registered function.
 #[inline]
-fn run<Req, Resp, E>(
+fn run<F, Req, Resp, E>(
     name: &str,
     args: &[u8],
     resp: &mut Vec<u8>,
     f: impl FnOnce(Req) -> Result<Resp, E>,
 ) -> Result<(), HandlerError>
 where
+    F: Format,
     Req: DeserializeOwned,
     Resp: Serialize,
     E: fmt::Display,
 {
-    let req: Req = codec::decode_value(args)
+    let req: Req = F::decode(args)
         .map_err(|e| format!("cannot decode arguments of {name:?}: {e}"))?;
     match f(req) {
-        Ok(value) => codec::encode_value(resp, &value).map_err(|e| {
+        Ok(value) => F::encode(resp, &value).map_err(|e| {
             resp.clear();
             format!("cannot encode the result of {name:?}: {e}").into()
         }),
@@ -391,13 +417,13 @@ where
 ///
 /// Every method panics like [`Dispatcher::add_func`] if the full name is empty, longer than
 /// 255 bytes, or already registered.
-pub struct Service<'d, S> {
-    dispatcher: &'d mut Dispatcher,
+pub struct Service<'d, S, F = Bincode> {
+    dispatcher: &'d mut Dispatcher<F>,
     prefix: String,
     state: Arc<S>,
 }
 
-impl<S> fmt::Debug for Service<'_, S> {
+impl<S, F> fmt::Debug for Service<'_, S, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Service")
             .field("prefix", &self.prefix)
@@ -405,7 +431,7 @@ impl<S> fmt::Debug for Service<'_, S> {
     }
 }
 
-impl<S: Send + Sync + 'static> Service<'_, S> {
+impl<S: Send + Sync + 'static, F: Format> Service<'_, S, F> {
     /// Registers `"<service>.<name>"`, calling `f` with the service's state and the arguments.
     ///
     /// ```
@@ -418,12 +444,12 @@ impl<S: Send + Sync + 'static> Service<'_, S> {
     ///     });
     /// assert!(d.contains("Greeter.greet"));
     /// ```
-    pub fn method<Req, Resp, E, F>(self, name: &str, f: F) -> Self
+    pub fn method<Req, Resp, E, Fun>(self, name: &str, f: Fun) -> Self
     where
         Req: DeserializeOwned,
         Resp: Serialize,
         E: fmt::Display,
-        F: Fn(&S, Req) -> Result<Resp, E> + Send + Sync + 'static,
+        Fun: Fn(&S, Req) -> Result<Resp, E> + Send + Sync + 'static,
     {
         let state = self.state.clone();
         self.dispatcher
@@ -443,12 +469,12 @@ impl<S: Send + Sync + 'static> Service<'_, S> {
     ///         Ok::<_, String>(ctx.conn_id())
     ///     });
     /// ```
-    pub fn method_ctx<Req, Resp, E, F>(self, name: &str, f: F) -> Self
+    pub fn method_ctx<Req, Resp, E, Fun>(self, name: &str, f: Fun) -> Self
     where
         Req: DeserializeOwned,
         Resp: Serialize,
         E: fmt::Display,
-        F: Fn(&S, &RequestCtx, Req) -> Result<Resp, E> + Send + Sync + 'static,
+        Fun: Fn(&S, &RequestCtx, Req) -> Result<Resp, E> + Send + Sync + 'static,
     {
         let state = self.state.clone();
         self.dispatcher
@@ -467,12 +493,12 @@ impl<S: Send + Sync + 'static> Service<'_, S> {
     ///     .func("square", |x: f64| Ok::<_, String>(x * x));
     /// assert!(d.contains("Math.square"));
     /// ```
-    pub fn func<Req, Resp, E, F>(self, name: &str, f: F) -> Self
+    pub fn func<Req, Resp, E, Fun>(self, name: &str, f: Fun) -> Self
     where
         Req: DeserializeOwned,
         Resp: Serialize,
         E: fmt::Display,
-        F: Fn(Req) -> Result<Resp, E> + Send + Sync + 'static,
+        Fun: Fn(Req) -> Result<Resp, E> + Send + Sync + 'static,
     {
         self.dispatcher.add_func(&self.full(name), f);
         self

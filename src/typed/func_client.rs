@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::codec::{self, CodecError};
+use super::codec;
+use super::{Bincode, Format};
 use crate::{Batch, Client, Error, PendingCall, Response, Result};
 
 /// The per-thread request buffer is given back to the allocator when a call leaves it larger
@@ -22,13 +23,15 @@ thread_local! {
 
 /// Encodes `name(args)` into this thread's request buffer and hands it to `f`.
 #[inline]
-fn with_request<A, T>(name: &str, args: &A, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T>
+fn with_request<F, A, T>(name: &str, args: &A, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T>
 where
+    F: Format,
     A: Serialize + ?Sized,
 {
     let encode = |buf: &mut Vec<u8>| {
         buf.clear();
-        codec::encode_request(buf, name, args).map_err(|e| encode_error(name, e))
+        codec::push_name(buf, name).map_err(|e| encode_error(name, e))?;
+        F::encode(buf, args).map_err(|e| encode_error(name, e))
     };
     let mut f = Some(f);
     let reused = REQUEST.try_with(|cell| {
@@ -53,15 +56,15 @@ where
     f(&buf)
 }
 
-fn encode_error(name: &str, e: CodecError) -> Error {
+fn encode_error(name: &str, e: impl fmt::Display) -> Error {
     let text = format!("cannot encode arguments of {name:?}: {e}");
     Error::Encode(text)
 }
 
 /// Decodes a result, or says why it cannot be.
 #[inline]
-fn decode<R: DeserializeOwned>(resp: &Response) -> Result<R> {
-    codec::decode_value(resp).map_err(|e| {
+fn decode<F: Format, R: DeserializeOwned>(resp: &Response) -> Result<R> {
+    F::decode(resp).map_err(|e| {
         let text = format!(
             "cannot decode the result as {}: {e}",
             std::any::type_name::<R>()
@@ -71,7 +74,8 @@ fn decode<R: DeserializeOwned>(resp: &Response) -> Result<R> {
 }
 
 /// Typed calls of the functions of a [`Dispatcher`](super::Dispatcher): arguments and results
-/// are serde types, encoded with bincode.
+/// are serde types, encoded by the [`Format`] `F`: [`Bincode`] unless the client was made by
+/// [`with_format`](Self::with_format), which must name the dispatcher's format.
 ///
 /// The client needs no list of the server's functions: each call names its function and says
 /// (by inference or turbofish) which type it expects back. A cheap-to-clone handle, usable
@@ -99,12 +103,21 @@ fn decode<R: DeserializeOwned>(resp: &Response) -> Result<R> {
 /// assert!(matches!(err, Error::Server(msg) if msg == r#"unknown function "nope""#));
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
-pub struct FuncClient {
+pub struct FuncClient<F = Bincode> {
     client: Client,
+    _format: PhantomData<fn() -> F>,
 }
 
-impl fmt::Debug for FuncClient {
+impl<F> Clone for FuncClient<F> {
+    fn clone(&self) -> Self {
+        FuncClient {
+            client: self.client.clone(),
+            _format: PhantomData,
+        }
+    }
+}
+
+impl<F> fmt::Debug for FuncClient<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FuncClient")
             .field("client", &self.client)
@@ -119,9 +132,32 @@ impl From<Client> for FuncClient {
 }
 
 impl FuncClient {
-    /// Typed calls over `client`. The raw API stays usable through [`client`](Self::client).
+    /// Typed calls over `client`, encoded with [`Bincode`]. The raw API stays usable through
+    /// [`client`](Self::client).
     pub fn new(client: Client) -> FuncClient {
-        FuncClient { client }
+        FuncClient::with_format(client)
+    }
+}
+
+impl<F: Format> FuncClient<F> {
+    /// Typed calls over `client`, encoded with the [`Format`] `F` (the server's
+    /// [`Dispatcher`](super::Dispatcher) must use the same one).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), batchrpc::Error> {
+    /// # let server = batchrpc::Server::builder()
+    /// #     .handler(batchrpc::Dispatcher::new().into_handler())
+    /// #     .bind("127.0.0.1:0")?;
+    /// use batchrpc::typed::Bincode;
+    /// let client = batchrpc::Client::builder(server.local_addr()).connect()?;
+    /// let fc = batchrpc::FuncClient::<Bincode>::with_format(client);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_format(client: Client) -> FuncClient<F> {
+        FuncClient {
+            client,
+            _format: PhantomData,
+        }
     }
 
     /// The underlying client (stats, raw calls, `close`).
@@ -150,8 +186,8 @@ impl FuncClient {
         A: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        let pending = with_request(name, args, |req| self.client.call_async(req))?;
-        decode(&pending.wait()?)
+        let pending = with_request::<F, _, _>(name, args, |req| self.client.call_async(req))?;
+        decode::<F, R>(&pending.wait()?)
     }
 
     /// [`call`](Self::call) with its own deadline; past it, [`Error::Timeout`].
@@ -160,10 +196,10 @@ impl FuncClient {
         A: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        let pending = with_request(name, args, |req| {
+        let pending = with_request::<F, _, _>(name, args, |req| {
             self.client.call_async_timeout(req, timeout)
         })?;
-        decode(&pending.wait()?)
+        decode::<F, R>(&pending.wait()?)
     }
 
     /// Starts `name(args)`; take the result from the returned handle. Dropping the handle
@@ -183,12 +219,12 @@ impl FuncClient {
     /// assert_eq!(squares[9], 81);
     /// # Ok(()) }
     /// ```
-    pub fn call_async<A, R>(&self, name: &str, args: &A) -> Result<FuncPending<R>>
+    pub fn call_async<A, R>(&self, name: &str, args: &A) -> Result<FuncPending<R, F>>
     where
         A: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        let inner = with_request(name, args, |req| self.client.call_async(req))?;
+        let inner = with_request::<F, _, _>(name, args, |req| self.client.call_async(req))?;
         Ok(FuncPending::new(inner))
     }
 
@@ -198,12 +234,12 @@ impl FuncClient {
         name: &str,
         args: &A,
         timeout: Duration,
-    ) -> Result<FuncPending<R>>
+    ) -> Result<FuncPending<R, F>>
     where
         A: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        let inner = with_request(name, args, |req| {
+        let inner = with_request::<F, _, _>(name, args, |req| {
             self.client.call_async_timeout(req, timeout)
         })?;
         Ok(FuncPending::new(inner))
@@ -226,7 +262,7 @@ impl FuncClient {
     where
         A: Serialize + ?Sized,
     {
-        with_request(name, args, |req| self.client.send(req))
+        with_request::<F, _, _>(name, args, |req| self.client.send(req))
     }
 
     /// A batch of typed calls, submitted together and waited for together.
@@ -247,23 +283,24 @@ impl FuncClient {
     /// assert_eq!(results.get(loud)?, "HI");
     /// # Ok(()) }
     /// ```
-    pub fn batch(&self) -> FuncBatch {
+    pub fn batch(&self) -> FuncBatch<F> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         FuncBatch {
             batch: self.client.batch(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            _format: PhantomData,
         }
     }
 }
 
 /// A typed call in flight: [`wait`](Self::wait) for its result, poll it with
 /// [`try_wait`](Self::try_wait), or drop it to cancel.
-pub struct FuncPending<R> {
+pub struct FuncPending<R, F = Bincode> {
     inner: PendingCall,
-    _result: PhantomData<fn() -> R>,
+    _result: PhantomData<fn() -> (R, F)>,
 }
 
-impl<R> fmt::Debug for FuncPending<R> {
+impl<R, F> fmt::Debug for FuncPending<R, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FuncPending")
             .field("result", &std::any::type_name::<R>())
@@ -272,7 +309,7 @@ impl<R> fmt::Debug for FuncPending<R> {
     }
 }
 
-impl<R: DeserializeOwned> FuncPending<R> {
+impl<R: DeserializeOwned, F: Format> FuncPending<R, F> {
     fn new(inner: PendingCall) -> Self {
         FuncPending {
             inner,
@@ -287,7 +324,7 @@ impl<R: DeserializeOwned> FuncPending<R> {
 
     /// Blocks until the call completes; its decoded result.
     pub fn wait(self) -> Result<R> {
-        decode(&self.inner.wait()?)
+        decode::<F, R>(&self.inner.wait()?)
     }
 
     /// The result if the call has completed, without blocking. Returns `Some` once; after
@@ -295,7 +332,7 @@ impl<R: DeserializeOwned> FuncPending<R> {
     pub fn try_wait(&mut self) -> Option<Result<R>> {
         self.inner
             .try_wait()
-            .map(|outcome| outcome.and_then(|resp| decode(&resp)))
+            .map(|outcome| outcome.and_then(|resp| decode::<F, R>(&resp)))
     }
 }
 
@@ -303,12 +340,13 @@ impl<R: DeserializeOwned> FuncPending<R> {
 ///
 /// [`add`](Self::add) returns a [`FuncBatchCall`] naming the result type; after
 /// [`call`](Self::call), it picks its result out of the [`FuncBatchResults`].
-pub struct FuncBatch {
+pub struct FuncBatch<F = Bincode> {
     batch: Batch,
     id: u64,
+    _format: PhantomData<fn() -> F>,
 }
 
-impl fmt::Debug for FuncBatch {
+impl<F> fmt::Debug for FuncBatch<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FuncBatch")
             .field("calls", &self.batch.len())
@@ -316,12 +354,13 @@ impl fmt::Debug for FuncBatch {
     }
 }
 
-impl FuncBatch {
+impl<F: Format> FuncBatch<F> {
     /// The deadline of every call in the batch (default: the client's request timeout).
     pub fn timeout(self, timeout: Duration) -> Self {
         FuncBatch {
             batch: self.batch.timeout(timeout),
             id: self.id,
+            _format: PhantomData,
         }
     }
 
@@ -334,7 +373,7 @@ impl FuncBatch {
         R: DeserializeOwned,
     {
         let index = self.batch.len();
-        with_request(name, args, |req| self.batch.add(req))?;
+        with_request::<F, _, _>(name, args, |req| self.batch.add(req))?;
         Ok(FuncBatchCall {
             batch: self.id,
             index,
@@ -353,10 +392,11 @@ impl FuncBatch {
     }
 
     /// Submits every call and waits for all of them.
-    pub fn call(self) -> FuncBatchResults {
+    pub fn call(self) -> FuncBatchResults<F> {
         FuncBatchResults {
             batch: self.id,
             results: self.batch.call(),
+            _format: PhantomData,
         }
     }
 }
@@ -394,12 +434,13 @@ impl<R> FuncBatchCall<R> {
 }
 
 /// The outcomes of a [`FuncBatch`], each decoded on demand by [`get`](Self::get).
-pub struct FuncBatchResults {
+pub struct FuncBatchResults<F = Bincode> {
     batch: u64,
     results: Vec<Result<Response>>,
+    _format: PhantomData<fn() -> F>,
 }
 
-impl fmt::Debug for FuncBatchResults {
+impl<F> fmt::Debug for FuncBatchResults<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FuncBatchResults")
             .field("calls", &self.results.len())
@@ -407,7 +448,7 @@ impl fmt::Debug for FuncBatchResults {
     }
 }
 
-impl FuncBatchResults {
+impl<F: Format> FuncBatchResults<F> {
     /// The result of `call`, decoded as its type. May be asked for more than once.
     ///
     /// # Panics
@@ -419,7 +460,7 @@ impl FuncBatchResults {
             "a FuncBatchCall was used with the results of another batch"
         );
         match &self.results[call.index] {
-            Ok(resp) => decode(resp),
+            Ok(resp) => decode::<F, R>(resp),
             Err(e) => Err(e.clone()),
         }
     }

@@ -1,5 +1,9 @@
 //! Typed calls: named functions with serde arguments and results, encoded with bincode.
 //!
+//! This module needs the cargo feature `typed` (on by default), which brings in serde and
+//! bincode 2; build with `default-features = false` (and the other features you want) for the
+//! raw-bytes library alone.
+//!
 //! The server registers functions in a [`Dispatcher`] and serves them through one handler;
 //! the client wraps its [`Client`](crate::Client) in a [`FuncClient`] and calls them by name.
 //! There is no reflection and no registration on the client side: a call names its function,
@@ -29,6 +33,19 @@
 //! assert!(matches!(err, Error::Server(msg) if msg == r#"unknown function "nope""#));
 //! # Ok(()) }
 //! ```
+//!
+//! # Formats, and bincode's status
+//!
+//! The dispatcher and the function client encode through the [`Format`] trait: two
+//! functions, `encode` (a serde value, appended to a `Vec<u8>`) and `decode` (a value from a
+//! `&[u8]` it must fill). The default, [`Bincode`], is bincode 2 with its standard
+//! configuration. bincode 2 carries an "unmaintained" advisory,
+//! [RUSTSEC-2025-0141](https://rustsec.org/advisories/RUSTSEC-2025-0141), and the bincode 3.0.0
+//! published on crates.io does not compile, so there is no newer bincode to move to yet. To use
+//! another serde format (postcard, say, or a later bincode), implement [`Format`] for a type
+//! of your own and build both sides with it: [`Dispatcher::with_format`] and
+//! [`FuncClient::with_format`]; [`Format`]'s docs show one. Nothing else changes; the request
+//! layout around the arguments stays the same.
 //!
 //! # Functions and services
 //!
@@ -86,6 +103,8 @@
 //!
 //! # What bincode cannot carry
 //!
+//! (This section is about the default format.)
+//!
 //! bincode is not self-describing: both sides must agree on the types exactly (a mismatch is
 //! usually caught as a decode error, but not always: an `i32` and a `u32` encode alike).
 //! Adding a field to a struct changes its encoding, so version by function name
@@ -95,7 +114,9 @@
 
 pub mod codec;
 mod dispatcher;
+mod format;
 mod func_client;
 
 pub use dispatcher::{Dispatcher, Service, DEFAULT_MAX_ARGS_LEN};
+pub use format::{Bincode, Format};
 pub use func_client::{FuncBatch, FuncBatchCall, FuncBatchResults, FuncClient, FuncPending};
