@@ -230,3 +230,9 @@ pub use transport::{Address, ToAddress};
 #[cfg(feature = "typed")]
 pub use typed::{Dispatcher, FuncClient};
 pub use wire::compress::Compression;
+
+/// The README's Rust code blocks, compiled as doctests that must not warn.
+#[cfg(doctest)]
+#[doc(test(attr(deny(warnings))))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
