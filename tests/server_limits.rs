@@ -19,10 +19,10 @@ const WAIT: Duration = Duration::from_secs(10);
 /// How a client refused by the server (limit, hook) sees it: the server accepts and closes
 /// the socket before the hellos are exchanged. Depending on whether the client's hello was
 /// already in the server's socket when it closed, the client reads end of stream inside the
-/// handshake (`Protocol(Truncated)`) or a reset (`Connect` with `ConnectionReset`).
+/// handshake (`Protocol(HandshakeClosed)`) or a reset (`Connect` with `ConnectionReset`).
 fn assert_refused_by_server(err: &Error) {
     match err {
-        Error::Protocol(ProtocolError::Truncated) => {}
+        Error::Protocol(ProtocolError::HandshakeClosed) => {}
         Error::Connect { cause, .. } if cause.kind() == ErrorKind::ConnectionReset => {}
         other => panic!("expected the server to close the handshake, got {other:?}"),
     }

@@ -512,14 +512,16 @@ impl Conn {
 
     /// The peer closed its side. Frames already received are still delivered by
     /// [`Conn::poll_frame`]; then the connection closes, with [`ProtocolError::Truncated`] if
-    /// the stream ended inside a frame, the hello or the TLS handshake.
+    /// the stream ended inside a frame, or [`ProtocolError::HandshakeClosed`] if it ended
+    /// before the handshake (the hellos and the TLS handshake) was done: what a side sees when
+    /// the other refuses its hello by closing.
     ///
     /// With TLS, an end of stream without TLS's `close_notify` is taken like a plaintext one:
     /// frames delimit themselves, so a stream that ends at a frame boundary ends cleanly.
     pub fn handle_eof(&mut self) {
         self.eof = true;
         if matches!(self.state, State::Handshake | State::Tls) {
-            self.fail(ProtocolError::Truncated);
+            self.fail(ProtocolError::HandshakeClosed);
         }
     }
 
@@ -1073,7 +1075,7 @@ impl Conn {
         };
         if session.is_handshaking() {
             if self.eof {
-                self.fail(ProtocolError::Truncated);
+                self.fail(ProtocolError::HandshakeClosed);
             }
             return;
         }
@@ -1092,7 +1094,7 @@ impl Conn {
         }
         if self.raw.len() < HELLO_LEN {
             if self.eof {
-                self.fail(ProtocolError::Truncated);
+                self.fail(ProtocolError::HandshakeClosed);
             }
             return;
         }
@@ -1760,7 +1762,7 @@ mod tests {
     }
 
     #[test]
-    fn end_of_stream_inside_the_hello_is_truncation() {
+    fn end_of_stream_inside_the_hello_closes_the_handshake() {
         let hello = Hello::new(Compression::None, false).encode();
         for role in [Role::Client, Role::Server] {
             for cut in 0..HELLO_LEN {
@@ -1771,7 +1773,7 @@ mod tests {
                 assert_eq!(conn.state(), State::Closed, "{role:?} cut at {cut}");
                 assert_eq!(
                     conn.close_reason(),
-                    closed_with(ProtocolError::Truncated).as_ref()
+                    closed_with(ProtocolError::HandshakeClosed).as_ref()
                 );
                 assert_eq!(conn.poll_transmit(now), None);
             }
@@ -3242,7 +3244,7 @@ mod tests {
         }
 
         #[test]
-        fn end_of_stream_during_tls_is_truncation_and_after_it_ends_at_frame_boundaries() {
+        fn end_of_stream_during_tls_closes_the_handshake_and_after_it_ends_at_frame_boundaries() {
             let mut p = Pair::new(
                 tls_config(Role::Client, Compression::None),
                 tls_config(Role::Server, Compression::None),
@@ -3251,7 +3253,7 @@ mod tests {
             p.server.handle_eof();
             assert_eq!(
                 p.server.close_reason(),
-                closed_with(ProtocolError::Truncated).as_ref()
+                closed_with(ProtocolError::HandshakeClosed).as_ref()
             );
 
             for c in compressions() {

@@ -40,8 +40,12 @@ pub enum ProtocolError {
     /// A frame of a kind this side never receives (a request sent to a client, a response to
     /// a server).
     UnexpectedKind(FrameKind),
-    /// The stream ended inside the hello or a frame.
+    /// The stream ended inside a frame.
     Truncated,
+    /// The peer closed the connection before the handshake (the hellos, and TLS's when
+    /// wanted) was done: the way a peer refuses this side's hello (another sniff header,
+    /// version, TLS setting, or a connection limit), or a peer that stopped on its own.
+    HandshakeClosed,
     /// The TLS session failed: a certificate the other side does not accept, a fatal alert
     /// from the peer, a record that does not decrypt, ...
     Tls(TlsError),
@@ -59,6 +63,9 @@ impl fmt::Display for ProtocolError {
             ProtocolError::Decompress(e) => write!(f, "decompression: {e}"),
             ProtocolError::UnexpectedKind(k) => write!(f, "unexpected frame kind {k:?}"),
             ProtocolError::Truncated => f.write_str("stream ended inside a frame"),
+            ProtocolError::HandshakeClosed => f.write_str(
+                "the peer closed the connection during the handshake (it refused the hello?)",
+            ),
             ProtocolError::Tls(e) => write!(f, "tls: {e}"),
             ProtocolError::FastrpcHello(e) => write!(f, "fastrpc handshake: {e}"),
             ProtocolError::FastrpcFrame(e) => write!(f, "fastrpc frame: {e}"),
