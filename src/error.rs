@@ -18,6 +18,32 @@ use crate::wire::ProtocolError;
 ///
 /// `Error` is cheap to clone (causes are shared), so one connection loss can complete many
 /// calls.
+///
+/// Its text ([`Display`](fmt::Display)) says what failed, without repeating the cause it also
+/// returns as [`source`](std::error::Error::source): [`Error::ConnectionLost`] prints
+/// `connection lost`, [`Error::Io`] `i/o error`, [`Error::Protocol`] `protocol error`,
+/// [`Error::Connect`] `cannot connect to <addr>`, and their causes follow in the source chain.
+/// Print the chain to see everything (`connection lost: protocol error: tls failed: ...`):
+///
+/// ```
+/// use std::error::Error as _;
+/// use std::sync::Arc;
+///
+/// fn chain(e: &dyn std::error::Error) -> String {
+///     let mut text = e.to_string();
+///     let mut cause = e.source();
+///     while let Some(c) = cause {
+///         text = format!("{text}: {c}");
+///         cause = c.source();
+///     }
+///     text
+/// }
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+/// let e = batchrpc::Error::ConnectionLost(Arc::new(batchrpc::Error::from(io)));
+/// assert_eq!(e.to_string(), "connection lost");
+/// assert_eq!(chain(&e), "connection lost: i/o error: reset by peer");
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {
@@ -111,13 +137,13 @@ impl fmt::Display for Error {
         match self {
             Error::Timeout => f.write_str("call timed out"),
             Error::Overflow => f.write_str("too many pending requests"),
-            Error::ConnectionLost(cause) => write!(f, "connection lost: {cause}"),
+            Error::ConnectionLost(_) => f.write_str("connection lost"),
             Error::Server(text) => write!(f, "server error: {text}"),
             Error::Canceled => f.write_str("call canceled"),
             Error::Closed => f.write_str("closed"),
-            Error::Io(e) => write!(f, "i/o error: {e}"),
-            Error::Protocol(e) => write!(f, "protocol error: {e}"),
-            Error::Connect { addr, cause } => write!(f, "cannot connect to {addr}: {cause}"),
+            Error::Io(_) => f.write_str("i/o error"),
+            Error::Protocol(_) => f.write_str("protocol error"),
+            Error::Connect { addr, .. } => write!(f, "cannot connect to {addr}"),
             Error::Refused(why) => write!(f, "connection refused by on_connect: {why}"),
             Error::TooLarge { len, max } => {
                 write!(
@@ -157,3 +183,142 @@ impl From<ProtocolError> for Error {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+    use crate::wire::compress::{Compression, DecompressError};
+    use crate::wire::fastrpc::{FastrpcFrameError, FastrpcHelloError, Field};
+    use crate::wire::frame::FrameError;
+    use crate::wire::handshake::HandshakeError;
+    use crate::wire::tls::{TlsError, TlsErrorKind};
+
+    /// One of every protocol error, each with a cause where it has one.
+    fn every_protocol_error() -> Vec<ProtocolError> {
+        let all = vec![
+            ProtocolError::Handshake(HandshakeError::UnsupportedVersion(9)),
+            ProtocolError::Frame(FrameError::TooLong { len: 10, max: 5 }),
+            ProtocolError::Decompress(DecompressError::Unsupported(Compression::Snappy)),
+            ProtocolError::UnexpectedKind(crate::wire::frame::FrameKind::Request),
+            ProtocolError::Truncated,
+            ProtocolError::HandshakeClosed,
+            ProtocolError::Tls(TlsError::new(TlsErrorKind::Refused, "fatal alert")),
+            ProtocolError::FastrpcHello(FastrpcHelloError::VersionMismatch {
+                got: 1,
+                expected: 2,
+            }),
+            ProtocolError::FastrpcFrame(FastrpcFrameError::TooLong {
+                field: Field::Name,
+                len: 1 << 30,
+            }),
+        ];
+        // Fails to compile when a variant is added: add it above too.
+        for e in &all {
+            match e {
+                ProtocolError::Handshake(_)
+                | ProtocolError::Frame(_)
+                | ProtocolError::Decompress(_)
+                | ProtocolError::UnexpectedKind(_)
+                | ProtocolError::Truncated
+                | ProtocolError::HandshakeClosed
+                | ProtocolError::Tls(_)
+                | ProtocolError::FastrpcHello(_)
+                | ProtocolError::FastrpcFrame(_) => {}
+            }
+        }
+        all
+    }
+
+    /// One of every error, each protocol error once, and lost connections of every cause.
+    fn every_error() -> Vec<Error> {
+        let io = || Arc::new(io::Error::new(io::ErrorKind::ConnectionRefused, "refused"));
+        let mut all = vec![
+            Error::Timeout,
+            Error::Overflow,
+            Error::Server("no such key".into()),
+            Error::Canceled,
+            Error::Closed,
+            Error::Io(io()),
+            Error::Connect {
+                addr: "127.0.0.1:1".into(),
+                cause: io(),
+            },
+            Error::Refused("wrong server".into()),
+            Error::TooLarge { len: 10, max: 5 },
+            Error::Config("max_frame_len is 0".into()),
+            Error::Encode("cannot encode arguments".into()),
+            Error::Decode("cannot decode the result".into()),
+        ];
+        all.extend(every_protocol_error().into_iter().map(Error::Protocol));
+        let lost: Vec<Error> = all
+            .iter()
+            .map(|cause| Error::ConnectionLost(Arc::new(cause.clone())))
+            .collect();
+        all.extend(lost);
+        for e in &all {
+            match e {
+                Error::Timeout
+                | Error::Overflow
+                | Error::ConnectionLost(_)
+                | Error::Server(_)
+                | Error::Canceled
+                | Error::Closed
+                | Error::Io(_)
+                | Error::Protocol(_)
+                | Error::Connect { .. }
+                | Error::Refused(_)
+                | Error::TooLarge { .. }
+                | Error::Config(_)
+                | Error::Encode(_)
+                | Error::Decode(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn no_text_repeats_its_source() {
+        let mut links = 0;
+        for e in every_error() {
+            let mut cur: &dyn std::error::Error = &e;
+            while let Some(source) = cur.source() {
+                let (text, inner) = (cur.to_string(), source.to_string());
+                assert!(!inner.is_empty(), "{e:?}");
+                assert!(
+                    !text.contains(&inner),
+                    "{text:?} repeats its source {inner:?} ({e:?})"
+                );
+                links += 1;
+                cur = source;
+            }
+        }
+        // Alone: Io and Connect (1 link each), the 9 protocol errors (1 each), 6 of which
+        // carry a wire error (1 more): 17. Under ConnectionLost: the same 17, plus one link
+        // to each of the 21 errors.
+        assert_eq!(links, 17 + 17 + 21);
+    }
+
+    #[test]
+    fn the_chain_says_everything_once() {
+        let e = Error::ConnectionLost(Arc::new(Error::Protocol(ProtocolError::Tls(
+            TlsError::new(TlsErrorKind::Refused, "fatal alert"),
+        ))));
+        let mut texts = vec![e.to_string()];
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            texts.push(c.to_string());
+            cur = c.source();
+        }
+        assert_eq!(
+            texts,
+            [
+                "connection lost",
+                "protocol error",
+                "tls failed",
+                "the peer refused the TLS session: fatal alert"
+            ]
+        );
+    }
+}

@@ -229,8 +229,8 @@ impl std::error::Error for MalformedRequest {}
 
 /// A value that could not be encoded or decoded.
 ///
-/// Its text says what went wrong in a sentence; [`source`](std::error::Error::source) is the
-/// underlying bincode error, if any.
+/// Its text says what went wrong in a sentence, from the underlying bincode error if any
+/// (so it has no [`source`](std::error::Error::source) that would say it again).
 pub struct CodecError(Kind);
 
 enum Kind {
@@ -296,15 +296,8 @@ impl fmt::Display for CodecError {
     }
 }
 
-impl std::error::Error for CodecError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.0 {
-            Kind::Encode(e) => Some(e),
-            Kind::Decode(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// Its text says all there is to say: no [`source`](std::error::Error::source).
+impl std::error::Error for CodecError {}
 
 #[cfg(test)]
 mod tests {

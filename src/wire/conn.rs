@@ -3097,7 +3097,7 @@ mod tests {
                 p.server.close_reason()
             );
             assert!(!p.server.poll_opened());
-            let Some(Err(e)) = p.client.close_reason() else {
+            let Some(Err(ProtocolError::Tls(e))) = p.client.close_reason() else {
                 unreachable!()
             };
             assert!(e.to_string().contains("not valid for"), "{e}");
@@ -3125,7 +3125,7 @@ mod tests {
                 "{:?}",
                 p.server.close_reason()
             );
-            let Some(Err(e)) = p.server.close_reason() else {
+            let Some(Err(ProtocolError::Tls(e))) = p.server.close_reason() else {
                 unreachable!()
             };
             assert!(e.to_string().contains("UnknownCA"), "{e}");

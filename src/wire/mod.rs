@@ -56,19 +56,21 @@ pub enum ProtocolError {
 }
 
 impl fmt::Display for ProtocolError {
+    /// What failed, in a few words; the details are in [`source`](std::error::Error::source)
+    /// (the wire error it carries), not repeated here.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProtocolError::Handshake(e) => write!(f, "handshake: {e}"),
-            ProtocolError::Frame(e) => write!(f, "frame: {e}"),
-            ProtocolError::Decompress(e) => write!(f, "decompression: {e}"),
+            ProtocolError::Handshake(_) => f.write_str("handshake failed"),
+            ProtocolError::Frame(_) => f.write_str("invalid frame"),
+            ProtocolError::Decompress(_) => f.write_str("decompression failed"),
             ProtocolError::UnexpectedKind(k) => write!(f, "unexpected frame kind {k:?}"),
             ProtocolError::Truncated => f.write_str("stream ended inside a frame"),
             ProtocolError::HandshakeClosed => f.write_str(
                 "the peer closed the connection during the handshake (it refused the hello?)",
             ),
-            ProtocolError::Tls(e) => write!(f, "tls: {e}"),
-            ProtocolError::FastrpcHello(e) => write!(f, "fastrpc handshake: {e}"),
-            ProtocolError::FastrpcFrame(e) => write!(f, "fastrpc frame: {e}"),
+            ProtocolError::Tls(_) => f.write_str("tls failed"),
+            ProtocolError::FastrpcHello(_) => f.write_str("fastrpc handshake refused"),
+            ProtocolError::FastrpcFrame(_) => f.write_str("invalid fastrpc frame"),
         }
     }
 }

@@ -262,3 +262,16 @@ impl Occupancy {
         self.inner.2.load(Ordering::SeqCst)
     }
 }
+
+/// An error and its causes, as `error: cause: cause of the cause` (each text says its own
+/// part only, so the chain reads once).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
