@@ -14,10 +14,13 @@
 //! is 1 if any call failed.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use batchrpc::{fastrpc, Compression};
 use clap::Parser;
+
+mod support;
 
 #[derive(Parser)]
 #[command(about = "Calls a fastrpc tlv server and prints the answers")]
@@ -56,8 +59,11 @@ struct Args {
     server_name: String,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+fn main() -> ExitCode {
+    support::exit_code(run(Args::parse()))
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
     let mut builder = fastrpc::Client::builder(args.addr.as_str())
         .compression(args.compression)
@@ -84,6 +90,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Ok(()) => println!("send {}={} -> sent", args.name, args.value),
                 Err(e) => {
                     failed += 1;
+                    let e = support::Chain(&e);
                     println!("send {}={} -> error: {e}", args.name, args.value);
                 }
             }
@@ -98,6 +105,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ),
             Err(e) => {
                 failed += 1;
+                let e = support::Chain(&e);
                 println!("call {}={} -> error: {e}", args.name, args.value);
             }
         }

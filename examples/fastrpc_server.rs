@@ -14,10 +14,13 @@
 //! with Go's `TLSConfig`. It runs until interrupted, or for `--for`, then prints its counters.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use batchrpc::{fastrpc, Compression, RequestCtx};
 use clap::Parser;
+
+mod support;
 
 #[derive(Parser)]
 #[command(about = "A fastrpc tlv server answering re:<name>=<value>")]
@@ -39,30 +42,20 @@ struct Args {
     /// PEM private key of `--tls-cert`.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Stop after this long (`30s`, `500ms`, `2m`); default: run until interrupted.
-    #[arg(long = "for", value_parser = parse_duration)]
+    /// Stop after this long (`30s`, `500ms`, `2m`, or plain seconds); default: run until
+    /// interrupted.
+    #[arg(long = "for", value_parser = support::parse_duration)]
     run_for: Option<Duration>,
     /// Print nothing per call.
     #[arg(long)]
     quiet: bool,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (n, unit) = text.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("not a duration: {text:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(60 * n)),
-        _ => Err(format!("unknown unit in {text:?}: use ms, s or m")),
-    }
+fn main() -> ExitCode {
+    support::exit_code(run(Args::parse()))
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let quiet = args.quiet;
     #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
     let mut builder = fastrpc::Server::builder()

@@ -29,6 +29,8 @@ use batchrpc::{Client, Compression, Error, RequestCtx, Response, Server, Stats};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 
+mod support;
+
 /// The in-process server's response text, cycled to `--response-size` bytes. At the default
 /// 261 bytes it is the body `benches/end_to_end.rs` uses, so the figures compare.
 const BODY: &[u8; 261] = b"Batches of calls ride one write; the reactor reads until it would block, \
@@ -41,8 +43,8 @@ const REQUEST: &[u8] = b"foobar";
 /// Drive a batchrpc server and report calls/s, latency percentiles and per-call costs.
 ///
 /// Without --addr, an in-process echo-like server is started on 127.0.0.1:0; it answers
-/// every request with --response-size bytes of text. Durations take a unit: 500us, 1ms, 2s,
-/// 1m30s (ns, us, ms, s, m, h); 0 needs none.
+/// every request with --response-size bytes of text. Durations: 500us, 1ms, 2s, 1m30s (ns,
+/// us, ms, s, m, h); a number alone is seconds.
 #[derive(Parser, Debug)]
 #[command(name = "loadgen", version)]
 struct Args {
@@ -67,11 +69,11 @@ struct Args {
 
     /// In-process server: run its (cheap, never blocking) handler inline on the reactor when a
     /// turn's estimated handler work is within this budget (ServerBuilder::inline_budget).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0")]
+    #[arg(long, value_name = "DURATION", value_parser = support::parse_duration, default_value = "0")]
     server_inline_budget: Duration,
 
     /// In-process server: its batch delay. [default: 100us if --delay > 0, else 0]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = support::parse_duration)]
     server_delay: Option<Duration>,
 
     /// In-process server: run one connection's requests serially, in order (fastrpc's
@@ -104,16 +106,16 @@ struct Args {
     compression: Comp,
 
     /// Client batch delay.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0")]
+    #[arg(long, value_name = "DURATION", value_parser = support::parse_duration, default_value = "0")]
     delay: Duration,
 
     /// Busy polling of the clients' and the in-process server's reactors before they sleep
     /// (ClientBuilder::busy_poll, ServerBuilder::busy_poll; 0 = never spin).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "100us")]
+    #[arg(long, value_name = "DURATION", value_parser = support::parse_duration, default_value = "100us")]
     busy_poll: Duration,
 
     /// How long to measure, after the warm-up. [default: 10s unless --calls is given]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "calls")]
+    #[arg(long, value_name = "DURATION", value_parser = support::parse_duration, conflicts_with = "calls")]
     duration: Option<Duration>,
 
     /// Calls to make after the warm-up, instead of a duration.
@@ -121,11 +123,11 @@ struct Args {
     calls: Option<u64>,
 
     /// Deadline of each call.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, value_name = "DURATION", value_parser = support::parse_duration, default_value = "5s")]
     timeout: Duration,
 
     /// Time spent calling before the measurement starts (excluded from every figure).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_name = "DURATION", value_parser = support::parse_duration, default_value = "1s")]
     warmup: Duration,
 }
 
@@ -144,48 +146,6 @@ impl From<Comp> for Compression {
             Comp::Snappy => Compression::Snappy,
         }
     }
-}
-
-/// Parses `0`, `500us`, `1.5ms`, `2s`, `1m30s` (units ns, us, µs, ms, s, m, h).
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let s = text.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    if s.chars().all(|c| c == '0' || c == '.') {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            return Err(format!("{text:?}: expected a number before {rest:?}"));
-        }
-        let num: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("{text:?}: bad number {:?}", &rest[..num_len]))?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let scale = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "" => return Err(format!("{text:?}: add a unit (ns, us, ms, s, m, h)")),
-            other => return Err(format!("{text:?}: unknown unit {other:?}")),
-        };
-        total += num * scale;
-    }
-    Duration::try_from_secs_f64(total).map_err(|e| format!("{text:?}: {e}"))
 }
 
 /// Error kinds as counted and reported: the library's names (`Error::kind`), then
@@ -488,7 +448,7 @@ fn show_duration(d: Duration) -> String {
 fn main() {
     let args = Args::parse();
     if let Err(e) = run(args) {
-        eprintln!("loadgen: {e}");
+        eprintln!("loadgen: {}", support::Chain(&e));
         std::process::exit(1);
     }
 }

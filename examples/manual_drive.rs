@@ -5,11 +5,25 @@
 //! cargo run --release --example manual_drive
 //! ```
 
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use batchrpc::{Client, Reactor, RequestCtx, Server};
+use clap::Parser;
 
-fn main() -> Result<(), batchrpc::Error> {
+mod support;
+
+/// One thread drives a reactor that hosts both a server and a client: no thread is spawned,
+/// handlers run inline, and calls are polled between turns.
+#[derive(Parser)]
+struct Args {}
+
+fn main() -> ExitCode {
+    Args::parse();
+    support::exit_code(run().map_err(Into::into))
+}
+
+fn run() -> Result<(), batchrpc::Error> {
     let mut reactor = Reactor::new()?;
     let server = Server::builder()
         .workers(0)

@@ -5,13 +5,27 @@
 //! cargo run --release --example quickstart
 //! ```
 
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batchrpc::{Client, RequestCtx, Server};
+use clap::Parser;
 
-fn main() -> Result<(), batchrpc::Error> {
+mod support;
+
+/// Starts a server and a client in one process, makes blocking, asynchronous, batched and
+/// fire-and-forget calls, and prints the answers and the statistics that show the batching.
+#[derive(Parser)]
+struct Args {}
+
+fn main() -> ExitCode {
+    Args::parse();
+    support::exit_code(run().map_err(Into::into))
+}
+
+fn run() -> Result<(), batchrpc::Error> {
     let notes = Arc::new(AtomicU64::new(0));
     let seen = notes.clone();
     let server = Server::builder()
@@ -39,7 +53,7 @@ fn main() -> Result<(), batchrpc::Error> {
     );
 
     match client.call(b"fail") {
-        Err(e) => println!("call(fail)             -> error: {e}"),
+        Err(e) => println!("call(fail)             -> error: {}", support::Chain(&e)),
         Ok(r) => println!("call(fail)             -> unexpected {r:?}"),
     }
 

@@ -20,15 +20,16 @@
 //! misdelivered (an answer to another call: must be 0), executed twice at the server (must be
 //! 0) and the peak memory (VmHWM), and exits with status 1 if any must-be-zero figure is not.
 //!
-//! Flags: `--duration 60s` (default; also `500ms`, `10m`, or plain seconds), `--seed N`
-//! (default: from the clock; printed, so a run can be replayed), `--clients N` (4),
-//! `--callers N` (3 caller threads per client), `--max-payload 512k` (the largest request
-//! body), `--quiet`.
+//! Flags (`--help` lists them): `--duration 60s` (default; also `500ms`, `10m`, or plain
+//! seconds), `--seed N` (default: from the clock; printed, so a run can be replayed),
+//! `--clients N` (4), `--callers N` (3 caller threads per client), `--max-payload 512k` (the
+//! largest request body), `--quiet`.
 //!
 //! `tests/soak.rs` runs the same engine for 10 seconds inside `cargo test`.
 
 #[path = "../tests/support/proxy.rs"]
 mod proxy;
+mod support;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -965,96 +966,51 @@ pub fn run_soak(cfg: &SoakConfig) -> SoakReport {
 
 // ----- command line -------------------------------------------------------------------------
 
-fn parse_duration(s: &str) -> Option<Duration> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(secs))
+/// Clients and a server under random load and injected faults, checking that every call
+/// completes exactly once with its own answer. Exits with status 1 if a call was lost,
+/// duplicated, misdelivered or executed twice.
+#[derive(clap::Parser, Debug)]
+struct Args {
+    /// How long to run: 60s, 500ms, 10m, or plain seconds.
+    #[arg(long, value_name = "DURATION", value_parser = support::parse_duration, default_value = "60s")]
+    duration: Duration,
+    /// Seed of the random choices; printed, so that a run can be replayed. [default: from the
+    /// clock]
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Clients, each with its own compression, connection count and batch delay (at least 1).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    clients: usize,
+    /// Caller threads per client (at least 1).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    callers: usize,
+    /// The largest request body: 65536, 64k, 1m.
+    #[arg(long, value_name = "SIZE", value_parser = support::parse_size, default_value = "512k")]
+    max_payload: usize,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
 }
 
-/// `65536`, `64k`, `1m`.
-fn parse_size(s: &str) -> Option<usize> {
-    let lower = s.to_ascii_lowercase();
-    let (num, mult) = match lower.strip_suffix(['k', 'm']) {
-        Some(n) if lower.ends_with('k') => (n, 1 << 10),
-        Some(n) => (n, 1 << 20),
-        None => (lower.as_str(), 1),
-    };
-    num.parse::<usize>().ok()?.checked_mul(mult)
-}
-
-fn parse_args() -> Result<SoakConfig, String> {
-    let mut cfg = SoakConfig {
-        seed: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
-        ..SoakConfig::default()
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
-            None => (arg.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
-        match flag.as_str() {
-            "--duration" => {
-                let v = value()?;
-                cfg.duration = parse_duration(&v).ok_or_else(|| format!("bad duration {v:?}"))?;
-            }
-            "--seed" => {
-                let v = value()?;
-                cfg.seed = v.parse().map_err(|_| format!("bad seed {v:?}"))?;
-            }
-            "--clients" => {
-                let v = value()?;
-                cfg.clients = v.parse().map_err(|_| format!("bad count {v:?}"))?;
-            }
-            "--max-payload" => {
-                let v = value()?;
-                cfg.max_payload = parse_size(&v).ok_or_else(|| format!("bad size {v:?}"))?;
-            }
-            "--callers" => {
-                let v = value()?;
-                cfg.callers_per_client = v.parse().map_err(|_| format!("bad count {v:?}"))?;
-            }
-            "--quiet" => cfg.progress = false,
-            "-h" | "--help" => {
-                return Err(
-                    "usage: soak [--duration 60s] [--seed N] [--clients 4] [--callers 3] \
-                     [--max-payload 512k] [--quiet]"
-                        .into(),
-                )
-            }
-            other => return Err(format!("unknown argument {other:?} (try --help)")),
+impl Args {
+    fn config(self) -> SoakConfig {
+        SoakConfig {
+            duration: self.duration,
+            seed: self.seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            }),
+            clients: self.clients.max(1),
+            callers_per_client: self.callers.max(1),
+            max_payload: self.max_payload,
+            progress: !self.quiet,
         }
     }
-    cfg.clients = cfg.clients.max(1);
-    cfg.callers_per_client = cfg.callers_per_client.max(1);
-    Ok(cfg)
 }
 
 fn main() {
-    let cfg = match parse_args() {
-        Ok(cfg) => cfg,
-        Err(msg) => {
-            eprintln!("{msg}");
-            std::process::exit(2);
-        }
-    };
+    let cfg = <Args as clap::Parser>::parse().config();
     eprintln!(
         "soak: {:?}, seed {}, {} clients x {} callers",
         cfg.duration, cfg.seed, cfg.clients, cfg.callers_per_client

@@ -20,11 +20,14 @@
 //! no compression.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 use batchrpc::{Client, Compression, Error, RequestCtx, Server};
 use clap::{Parser, ValueEnum};
+
+mod support;
 
 /// batchrpc over TLS: a server and a client in one process.
 #[derive(Parser, Debug)]
@@ -155,8 +158,11 @@ fn generated(name: &str, mtls: bool) -> Result<Configs, Box<dyn std::error::Erro
     })
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+fn main() -> ExitCode {
+    support::exit_code(run(Args::parse()))
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // The application picks the crypto provider; batchrpc enables none.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let configs = if args.cert.is_some() {
@@ -238,14 +244,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // What a wrong setup looks like: each fails at connect(), with the reason.
     println!();
     match Client::builder(server.local_addr()).connect() {
-        Err(e) => println!("plaintext client       -> {e}"),
+        Err(e) => println!("plaintext client       -> {}", support::Chain(&e)),
         Ok(_) => println!("plaintext client       -> unexpectedly connected"),
     }
     match Client::builder(server.local_addr())
         .tls(configs.client.clone(), "not-the-server.example")
         .connect()
     {
-        Err(e) => println!("wrong server name      -> {e}"),
+        Err(e) => println!("wrong server name      -> {}", support::Chain(&e)),
         Ok(_) => println!("wrong server name      -> unexpectedly connected"),
     }
     if let Some(anonymous) = configs.anonymous {
@@ -253,7 +259,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .tls(anonymous, &args.server_name)
             .connect()
         {
-            Err(e) => println!("no client certificate  -> {e}"),
+            Err(e) => println!("no client certificate  -> {}", support::Chain(&e)),
             Ok(_) => println!("no client certificate  -> unexpectedly connected"),
         }
     }

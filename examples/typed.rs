@@ -5,11 +5,20 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use batchrpc::{Client, Dispatcher, Error, FuncClient, RequestCtx, Server};
+use clap::Parser;
 use serde::{Deserialize, Serialize};
+
+mod support;
+
+/// A small key-value service with typed calls (Kv.get, Kv.set, Kv.delete, Kv.list) over a
+/// struct value type, served by a Dispatcher and called through a FuncClient.
+#[derive(Parser)]
+struct Args {}
 
 /// The value type: what the service stores under each key.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -100,7 +109,12 @@ fn item(title: &str, tags: &[&str], price_cents: u64) -> Item {
     }
 }
 
-fn main() -> Result<(), Error> {
+fn main() -> ExitCode {
+    Args::parse();
+    support::exit_code(run().map_err(Into::into))
+}
+
+fn run() -> Result<(), Error> {
     // Server: one dispatcher, one service, one handler.
     let store = Arc::new(Store::default());
     let mut d = Dispatcher::new();

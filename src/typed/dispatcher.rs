@@ -397,8 +397,8 @@ where
     Resp: Serialize,
     E: fmt::Display,
 {
-    let req: Req = F::decode(args)
-        .map_err(|e| format!("cannot decode arguments of {name:?}: {e}"))?;
+    let req: Req =
+        F::decode(args).map_err(|e| format!("cannot decode arguments of {name:?}: {e}"))?;
     match f(req) {
         Ok(value) => F::encode(resp, &value).map_err(|e| {
             resp.clear();
