@@ -492,8 +492,11 @@ impl Caller {
             }
             Err(e) => {
                 if matches!(e, Error::Server(_)) {
-                    self.books
-                        .anomaly(format!("call {}/{seq}: unexpected {e}", self.index));
+                    self.books.anomaly(format!(
+                        "call {}/{seq}: unexpected {}",
+                        self.index,
+                        support::Chain(e)
+                    ));
                 }
                 *self.out.failed.entry(e.kind()).or_default() += 1;
             }
