@@ -42,6 +42,12 @@ pub struct Stats {
     pub accept_errors: u64,
     /// Batches flushed: each is one contiguous chunk handed to `write()`.
     pub flushes: u64,
+    /// Connections declared dead by the keepalive: nothing, not even the answer to a ping,
+    /// came for two keepalive periods (client).
+    pub keepalive_timeouts: u64,
+    /// Connections closed by the idle timeout: no complete frame for that long while owed no
+    /// answer (server).
+    pub idle_timeouts: u64,
     /// Frames written (requests or responses), summed over all flushes.
     pub frames_written: u64,
     /// Frames read.
@@ -170,6 +176,8 @@ counters! {
     accepts => accepts;
     accept_errors => accept_errors;
     flushes => flushes;
+    keepalive_timeouts => keepalive_timeouts;
+    idle_timeouts => idle_timeouts;
     frames_written => frames_written;
     frames_read => frames_read;
     turns => turns;

@@ -249,6 +249,9 @@ pub(crate) enum Submission {
 /// buffer: 32 bytes).
 const SEND_INLINE: usize = 24;
 
+/// The default [`ClientBuilder::keepalive`] period.
+pub(crate) const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
+
 /// What a call sends.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Body<'a> {
@@ -289,6 +292,7 @@ impl Body<'_> {
 /// | [`compression`](Self::compression) | [`Compression::None`] |
 /// | [`max_frame_len`](Self::max_frame_len) | 64 MiB |
 /// | [`handshake_timeout`](Self::handshake_timeout) | 3 s (also bounds `connect()`'s dial) |
+/// | [`keepalive`](Self::keepalive) | 15 s: a ping after 15 s with nothing received, dead after 15 s more (native profile) |
 /// | [`reconnect_backoff`](Self::reconnect_backoff) | 20 ms doubling up to 2 s, ±25% jitter |
 /// | [`busy_poll`](Self::busy_poll) | 100 µs |
 #[cfg_attr(feature = "tls", doc = "| [`tls`](Self::tls) | none: plaintext |")]
@@ -372,6 +376,35 @@ impl ClientBuilder {
     /// whole TLS handshake.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.conn.handshake_timeout = timeout;
+        self
+    }
+
+    /// Keepalive (native profile): when a connection has received nothing for `period`, the
+    /// client sends a ping, which the server answers at once; if nothing at all arrives within
+    /// another `period`, the connection is taken for dead, the calls it carried fail with
+    /// [`Error::ConnectionLost`] whose cause is a keepalive timeout
+    /// ([`ProtocolError::Liveness`](crate::wire::ProtocolError::Liveness)), it is counted in
+    /// [`Stats::keepalive_timeouts`](crate::Stats::keepalive_timeouts), and it is redialed
+    /// with the usual backoff. Zero turns keepalive off.
+    ///
+    /// Default 15 s. Without it, a path that dies silently (a machine or route gone, no FIN
+    /// or RST) is noticed only when the kernel gives up on unacknowledged data, about 15
+    /// minutes with Linux defaults, and an idle connection is never noticed at all. 15 s is
+    /// the interval of Go's `net.Dialer` TCP keepalive; gRPC waits 20 s for the answer to a
+    /// ping. With it, a dead connection is found within two periods (30 s) of its last byte,
+    /// for one 9-byte ping and one 9-byte pong per quiet period and connection. Any received
+    /// byte counts, so a busy connection never pings, and a large response still arriving
+    /// keeps its connection alive.
+    ///
+    /// Idle connections stay open: the pings are what keeps them under the server's
+    /// [idle timeout](crate::ServerBuilder::idle_timeout) (60 s by default, four periods).
+    /// Keep the period well below the servers' idle timeout.
+    ///
+    /// A server that reads and answers nothing for two periods — one whose request queue
+    /// stays full that long, say — is taken for dead too. The fastrpc profile has no ping
+    /// frame: there keepalive does not apply (the server's idle timeout still does).
+    pub fn keepalive(mut self, period: Duration) -> Self {
+        self.conn.keepalive = Some(period).filter(|p| !p.is_zero());
         self
     }
 
@@ -641,7 +674,10 @@ impl Client {
             conns: 1,
             max_pending: 32_768,
             request_timeout: Duration::from_secs(20),
-            conn: ConnConfig::new(Role::Client),
+            conn: ConnConfig {
+                keepalive: Some(DEFAULT_KEEPALIVE),
+                ..ConnConfig::new(Role::Client)
+            },
             backoff: (Duration::from_millis(20), Duration::from_secs(2)),
             dialer: None,
             on_connect: None,

@@ -63,6 +63,7 @@ use self::busy_poll::BusyPoll;
 use crate::stats::{SharedStats, C};
 use crate::transport::{Address, Listener, Stream};
 use crate::wire::conn::{Conn, Counters, State};
+use crate::wire::liveness::LivenessError;
 use crate::wire::ProtocolError;
 use crate::Error;
 
@@ -825,6 +826,7 @@ impl Reactor {
                 }
             }
         }
+        ep.conn.handle_progress(self.core.now);
         match ep.conn.state() {
             State::Closed => close_ep(&mut self.core.closing, token, ep, None),
             _ if !ep.conn.is_flushed() => mark_dirty(&mut self.core.dirty, token, ep),
@@ -935,8 +937,17 @@ impl Reactor {
                 _ => None,
             });
             if let Some(service) = self.services.get_mut(ep.service) {
-                if matches!(cause, Some(Error::Protocol(_))) {
-                    service.stats().inc(C::protocol);
+                match &cause {
+                    Some(Error::Protocol(ProtocolError::Liveness(e))) => {
+                        let counter = match e {
+                            LivenessError::KeepaliveTimeout { .. } => C::keepalive_timeouts,
+                            _ => C::idle_timeouts,
+                        };
+                        service.stats().inc(counter);
+                        log::debug!(target: "batchrpc::conn", "closing the connection with {}: {e}", ep.peer);
+                    }
+                    Some(Error::Protocol(_)) => service.stats().inc(C::protocol),
+                    _ => {}
                 }
                 service.on_conn_closed(&mut self.core, token, ep, cause);
             }

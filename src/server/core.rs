@@ -10,7 +10,7 @@ use super::{ConnInfo, ServerConfig, ServerShared};
 use crate::reactor::{ConnEp, ConnRole, Core, Service};
 use crate::stats::{SharedStats, C};
 use crate::transport::Stream;
-use crate::wire::conn::{Conn, Profile};
+use crate::wire::conn::{Conn, Profile, State};
 use crate::wire::ProtocolError;
 use crate::Error;
 
@@ -54,6 +54,9 @@ pub(crate) struct ServerCore {
     inline_left_ns: u64,
     draining: bool,
     finished: bool,
+    /// (token, id) of connections whose client ended its stream: closed once their requests
+    /// are answered and the answers written.
+    half_closed: Vec<(usize, u64)>,
 }
 
 impl ServerCore {
@@ -80,6 +83,7 @@ impl ServerCore {
             inline_left_ns: 0,
             draining: false,
             finished: false,
+            half_closed: Vec::new(),
         }
     }
 
@@ -281,6 +285,24 @@ impl ServerCore {
         self.finish_if_drained();
     }
 
+    /// Closes the half-closed connections that have nothing left to answer or write. One
+    /// whose peer does not read its answers is closed by its idle timeout (or at shutdown).
+    fn close_half_closed(&mut self, core: &mut Core) {
+        self.half_closed.retain(|&(token, id)| {
+            let Some(ep) = core.conn(token).filter(|ep| ep.id == id) else {
+                return false;
+            };
+            let ConnRole::Server(sc) = &ep.role else {
+                return false;
+            };
+            if sc.in_flight == 0 && sc.job.is_none() && ep.conn.is_flushed() {
+                core.close_conn(token, None);
+                return false;
+            }
+            true
+        });
+    }
+
     /// Ends a shutdown once no connection and no job is left. Checked whenever either count
     /// drops, so the reactor never has to wake up just to look.
     fn finish_if_drained(&mut self) {
@@ -389,6 +411,11 @@ impl Service for ServerCore {
                 break;
             }
         }
+        if ep.conn.state() == State::Draining && !self.draining {
+            // The client ended its stream after whole frames (half-close): answer what it
+            // sent, write it, then close (see `close_half_closed`).
+            self.half_closed.push((token, conn_id));
+        }
         Ok(())
     }
 
@@ -417,6 +444,8 @@ impl Service for ServerCore {
     fn flushed(&mut self, core: &mut Core) {
         if self.draining {
             self.close_drained(core);
+        } else if !self.half_closed.is_empty() {
+            self.close_half_closed(core);
         }
     }
 

@@ -15,6 +15,9 @@ use crate::transport::{Address, CustomListener, Listener, ToAddress};
 use crate::wire::conn::{ConnConfig, Profile, Role};
 use crate::{Compression, Error, Result};
 
+/// The default [`ServerBuilder::idle_timeout`]: four default client keepalive periods.
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What a handler returns on failure: any error; its text reaches the caller as
 /// [`Error::Server`].
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
@@ -172,6 +175,7 @@ impl ServerShared {
 /// | [`max_queued_requests`](Self::max_queued_requests) | 10 000 |
 /// | [`max_frame_len`](Self::max_frame_len) | 64 MiB |
 /// | [`handshake_timeout`](Self::handshake_timeout) | 3 s |
+/// | [`idle_timeout`](Self::idle_timeout) | 60 s without a complete frame while owed no answer |
 /// | [`busy_poll`](Self::busy_poll) | 100 µs, while requests come few at a time or soon after each other |
 #[cfg_attr(feature = "tls", doc = "| [`tls`](Self::tls) | none: plaintext |")]
 #[cfg_attr(
@@ -212,7 +216,10 @@ impl Default for ServerBuilder {
     fn default() -> Self {
         ServerBuilder {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            conn: ConnConfig::new(Role::Server),
+            conn: ConnConfig {
+                idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+                ..ConnConfig::new(Role::Server)
+            },
             pipeline: false,
             handler: None,
             max_connections: 10_000,
@@ -320,6 +327,26 @@ impl ServerBuilder {
     /// in `accept_errors`).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.conn.handshake_timeout = timeout;
+        self
+    }
+
+    /// Closes a connection whose peer delivers no complete frame for `timeout` while the
+    /// server owes it no answer: requests and keepalive pings count, the bytes of an
+    /// unfinished frame do not, and requests still being handled hold the clock. Such a
+    /// connection is counted in [`Stats::idle_timeouts`](crate::Stats::idle_timeouts) and
+    /// logged at debug (target `batchrpc::conn`). Zero turns it off.
+    ///
+    /// Default 60 s: four times the clients' default
+    /// [keepalive](crate::ClientBuilder::keepalive) of 15 s, so a live idle client, which
+    /// pings every 15 s of quiet, is never cut off, while a peer gone silently gives its
+    /// `max_connections` slot back within a minute. It also closes peers that trickle bytes
+    /// after their hello (slowloris; the [handshake timeout](Self::handshake_timeout)
+    /// covers the hello itself), and peers that stop reading: their answers queued, nothing
+    /// more comes. Keep it well above the clients' keepalive; clients without keepalive (the
+    /// fastrpc profile has none) are closed when idle that long and redial on their next
+    /// call.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.conn.idle_timeout = Some(timeout).filter(|t| !t.is_zero());
         self
     }
 

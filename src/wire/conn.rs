@@ -70,6 +70,7 @@ use super::compress::{self, Compression, Decoder, Encoder};
 use super::fastrpc::{self, FastrpcSettings, IdAllocator};
 use super::frame::{self, Frame, FrameKind};
 use super::handshake::{self, Hello, TlsPolicy, HELLO_LEN};
+use super::liveness::{Due, Liveness};
 use super::tls::{TlsError, TlsErrorKind};
 use super::ProtocolError;
 
@@ -127,6 +128,15 @@ pub struct ConnConfig {
     pub flush_threshold: usize,
     /// Time allowed for the hello exchange and the TLS handshake. Default: 3 s.
     pub handshake_timeout: Duration,
+    /// Client, [`Profile::Native`]: after this long with nothing received, send a
+    /// [`FrameKind::Ping`]; after as long again, close with a keepalive timeout (see
+    /// [`super::liveness`]). Ignored by a server and by the fastrpc profile (it has no ping).
+    /// Default: none (the client builder sets its own default).
+    pub keepalive: Option<Duration>,
+    /// Close the connection when the peer delivers no complete frame for this long while it
+    /// is owed no answer (see [`super::liveness`]). Default: none (the server builder sets its
+    /// own default).
+    pub idle_timeout: Option<Duration>,
     /// What the hello says about TLS. Server: what to do about it (`Off` without a
     /// `tls_server` configuration). Client: `Off` for plaintext, anything else to ask for TLS
     /// (which then needs `tls_client`). With TLS agreed and no configuration, the connection
@@ -156,6 +166,8 @@ impl ConnConfig {
             max_batch_delay: Duration::ZERO,
             flush_threshold: 64 << 10,
             handshake_timeout: Duration::from_secs(3),
+            keepalive: None,
+            idle_timeout: None,
             tls: TlsPolicy::Off,
             #[cfg(feature = "tls")]
             tls_client: None,
@@ -253,6 +265,8 @@ pub struct Conn {
     out: Vec<u8>,
     out_pos: usize,
     handshake_deadline: Option<Instant>,
+    /// The keepalive and idle clocks, running once open.
+    liveness: Liveness,
     /// Set when the connection closes once its output is written.
     close_after_flush: bool,
     close_reason: Option<Result<(), ProtocolError>>,
@@ -381,6 +395,13 @@ impl Conn {
             out: Vec::new(),
             out_pos: 0,
             handshake_deadline: Some(now + cfg.handshake_timeout),
+            liveness: Liveness::new(
+                match (cfg.role, &cfg.profile) {
+                    (Role::Client, Profile::Native) => cfg.keepalive,
+                    _ => None,
+                },
+                cfg.idle_timeout,
+            ),
             close_after_flush: false,
             close_reason: None,
             opened: false,
@@ -502,6 +523,7 @@ impl Conn {
         if n == offered && self.recv_hint < MAX_RECV {
             self.recv_hint *= 2;
         }
+        self.liveness.on_bytes();
         match self.state {
             State::Handshake => self.read_hello(),
             #[cfg(feature = "tls")]
@@ -515,6 +537,11 @@ impl Conn {
     /// the stream ended inside a frame, or [`ProtocolError::HandshakeClosed`] if it ended
     /// before the handshake (the hellos and the TLS handshake) was done: what a side sees when
     /// the other refuses its hello by closing.
+    ///
+    /// A server whose client ended its stream at a frame boundary half-closes instead: once
+    /// every frame was delivered it goes [`State::Draining`] (reading no more, flushing what
+    /// is queued at once), so that its owner can answer the requests it read, flush, and then
+    /// [`Conn::close`]. The idle timeout, if set, still runs meanwhile.
     ///
     /// With TLS, an end of stream without TLS's `close_notify` is taken like a plaintext one:
     /// frames delimit themselves, so a stream that ends at a frame boundary ends cleanly.
@@ -540,13 +567,37 @@ impl Conn {
     }
 
     /// Time has reached `now`: a handshake (hello exchange and TLS, or a refusal's answer)
-    /// past its deadline fails (a due batch is flushed by the next [`Conn::poll_transmit`]).
+    /// past its deadline fails; a keepalive ping is queued, or the connection closes for a
+    /// keepalive or idle timeout (see [`super::liveness`]); a due batch is flushed by the next
+    /// [`Conn::poll_transmit`].
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(deadline) = self.handshake_deadline {
             if now >= deadline && self.state != State::Closed {
                 self.fail(ProtocolError::Handshake(handshake::HandshakeError::Timeout));
             }
         }
+        if !matches!(self.state, State::Open | State::Draining) {
+            return;
+        }
+        match self.liveness.poll_due(now) {
+            Some(Due::Ping) if self.state == State::Open => {
+                frame::encode(&mut self.pending, 0, FrameKind::Ping, &[]);
+                self.pending_frames += 1;
+            }
+            Some(Due::Close(e)) => {
+                self.fail(ProtocolError::Liveness(e));
+            }
+            _ => {}
+        }
+    }
+
+    /// The owner read from the connection (or took its frames) at `now`: what arrived since
+    /// the last call restarts the keepalive and idle clocks from `now`. Call it after each
+    /// read; [`Conn::poll_transmit`] and [`Conn::handle_timeout`] do the same for what
+    /// happened before them.
+    #[inline]
+    pub fn handle_progress(&mut self, now: Instant) {
+        self.liveness.stamp(now);
     }
 
     // ----- mutators -----
@@ -561,6 +612,9 @@ impl Conn {
     /// [`FrameKind::RequestNoReply`]) and answers it under `id` again. An error response goes
     /// out as a plain response whose value is the payload: fastrpc has no error frames.
     pub fn send_frame(&mut self, id: u32, kind: FrameKind, payload: &[u8]) {
+        if matches!(kind, FrameKind::Response | FrameKind::ErrorResponse) {
+            self.liveness.on_answers(1);
+        }
         match self.cfg.profile {
             Profile::Native => frame::encode(&mut self.pending, id, kind, payload),
             Profile::Fastrpc(_) => {
@@ -580,8 +634,12 @@ impl Conn {
         self.pending_frames += 1;
     }
 
-    /// Queues `frames` frames already encoded back to back in `bytes`.
+    /// Queues `frames` frames already encoded back to back in `bytes` (a server: the answers
+    /// to as many requests).
     pub fn queue_encoded(&mut self, bytes: &[u8], frames: u64) {
+        if self.cfg.role == Role::Server {
+            self.liveness.on_answers(frames);
+        }
         self.pending.extend_from_slice(bytes);
         self.pending_frames += frames;
     }
@@ -667,10 +725,22 @@ impl Conn {
                 Ok(None) => return self.at_end_of_input(compressed).map(|()| None),
                 Err(e) => return Err(self.fail(e)),
             };
-            if kind.is_request() != (self.cfg.role == Role::Server) {
+            if kind.is_from_client() != (self.cfg.role == Role::Server) {
                 return Err(self.fail(ProtocolError::UnexpectedKind(kind)));
             }
             self.counters.frames_in += 1;
+            let owes_answer = kind == FrameKind::Request && self.cfg.role == Role::Server;
+            self.liveness.on_frame(owes_answer);
+            if matches!(kind, FrameKind::Ping | FrameKind::Pong) {
+                // Keepalive: a ping is answered at once, in the next batch; neither is the
+                // owner's business.
+                if kind == FrameKind::Ping {
+                    frame::encode(&mut self.pending, id, FrameKind::Pong, &[]);
+                    self.pending_frames += 1;
+                }
+                self.stream_mut(compressed).consume(len);
+                continue;
+            }
             let id = match self.call_ids.as_deref_mut() {
                 None => id,
                 Some(ids) => match ids.take(id) {
@@ -695,6 +765,7 @@ impl Conn {
     /// Write them, report the count with [`Conn::handle_sent`], and call again until `None`
     /// (or the socket would block: then call again when it is writable).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<&[u8]> {
+        self.liveness.stamp(now);
         if self.flush_due(now) {
             self.flush();
         }
@@ -712,10 +783,11 @@ impl Conn {
             State::Open if !self.pending.is_empty() => self.batch_deadline,
             _ => None,
         };
-        match (handshake, batch) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let liveness = match self.state {
+            State::Open | State::Draining => self.liveness.next_deadline(),
+            _ => None,
+        };
+        [handshake, batch, liveness].into_iter().flatten().min()
     }
 
     // ----- internals -----
@@ -853,7 +925,12 @@ impl Conn {
         if leftover {
             return Err(self.fail(ProtocolError::Truncated));
         }
-        self.close();
+        if self.cfg.role == Role::Server && self.handshake_complete {
+            // Half-close: the owner answers what it read, then closes.
+            self.set_state(State::Draining);
+        } else {
+            self.close();
+        }
         Ok(())
     }
 
@@ -961,6 +1038,7 @@ impl Conn {
         }
         self.opened = true;
         self.handshake_complete = true;
+        self.liveness.start();
         self.set_state(State::Open);
     }
 
@@ -1221,6 +1299,7 @@ mod tests {
     use super::*;
     use crate::wire::frame::{FrameError, HEADER_LEN};
     use crate::wire::handshake::HandshakeError;
+    use crate::wire::liveness::LivenessError;
 
     const ALL: [Compression; 3] = [Compression::None, Compression::Flate, Compression::Snappy];
     const NO_LIMIT: usize = usize::MAX;
@@ -1969,7 +2048,7 @@ mod tests {
     }
 
     #[test]
-    fn end_of_stream_at_a_frame_boundary_closes_cleanly() {
+    fn end_of_stream_at_a_frame_boundary_half_closes_a_server() {
         for c in compressions() {
             let mut p = Pair::open(
                 config(Role::Client, c),
@@ -1993,10 +2072,24 @@ mod tests {
                 ]
             );
             assert_eq!(end, Ok(()));
-            assert_eq!(p.server.state(), State::Closed, "{c}");
+            // Half-closed: reads no more, still answers, at once; the owner closes after.
+            assert_eq!(p.server.state(), State::Draining, "{c}");
+            assert_eq!(p.server.close_reason(), None);
+            p.server.send_frame(1, FrameKind::Response, b"A");
+            p.server.send_frame(2, FrameKind::Response, b"BC");
+            p.server_to_client(NO_LIMIT);
+            assert!(p.server.is_flushed());
+            assert_eq!(
+                receive_ok(&mut p.client),
+                [
+                    got(1, FrameKind::Response, b"A"),
+                    got(2, FrameKind::Response, b"BC")
+                ]
+            );
+            p.server.close();
             assert_eq!(p.server.close_reason(), Some(&Ok(())));
         }
-        // And with nothing buffered at all.
+        // A client whose server ends its stream closes at once.
         let mut p = Pair::open(
             config(Role::Client, Compression::None),
             config(Role::Server, Compression::None),
@@ -2336,6 +2429,134 @@ mod tests {
             p.server.poll_transmit(p.now),
             Some(&frame_bytes(7, FrameKind::Response, b"unsent")[..])
         );
+    }
+
+    fn liveness_pair(c: Compression) -> Pair {
+        let mut p = Pair::open(
+            ConnConfig {
+                keepalive: Some(ms(100)),
+                ..config(Role::Client, c)
+            },
+            ConnConfig {
+                keepalive: Some(ms(50)), // a server never pings
+                idle_timeout: Some(ms(300)),
+                ..config(Role::Server, c)
+            },
+        );
+        let now = p.now;
+        p.client.handle_progress(now);
+        p.server.handle_progress(now);
+        p
+    }
+
+    #[test]
+    fn keepalive_pings_are_answered_at_once_and_kept_from_the_owners() {
+        for c in compressions() {
+            let mut p = Pair::open(
+                ConnConfig {
+                    keepalive: Some(ms(100)),
+                    ..config(Role::Client, c)
+                },
+                ConnConfig {
+                    idle_timeout: Some(ms(300)),
+                    ..config(Role::Server, c)
+                },
+            );
+            let t0 = p.now;
+            p.client.handle_progress(t0);
+            p.server.handle_progress(t0);
+            assert_eq!(p.client.next_deadline(), Some(t0 + ms(100)), "{c}");
+            assert_eq!(p.server.next_deadline(), Some(t0 + ms(300)), "{c}");
+            p.client.handle_timeout(t0 + ms(99));
+            assert!(p.client.is_flushed(), "{c}: no ping before the period");
+            p.now = t0 + ms(100);
+            p.client.handle_timeout(p.now);
+            let ping = p.client_to_server(NO_LIMIT);
+            if c == Compression::None {
+                assert_eq!(ping, frame_bytes(0, FrameKind::Ping, b""));
+            }
+            assert_eq!(receive_ok(&mut p.server), [], "{c}: not the owner's business");
+            p.server.handle_progress(p.now);
+            assert_eq!(p.server.next_deadline(), Some(p.now + ms(300)), "{c}");
+            let pong = p.server_to_client(NO_LIMIT);
+            if c == Compression::None {
+                assert_eq!(pong, frame_bytes(0, FrameKind::Pong, b""));
+            }
+            assert_eq!(receive_ok(&mut p.client), [], "{c}");
+            p.client.handle_progress(p.now);
+            assert_eq!(p.client.next_deadline(), Some(p.now + ms(100)), "{c}");
+            assert_eq!(p.client.counters().frames_in, 1);
+            assert_eq!(p.server.counters().frames_in, 1);
+            assert_eq!(p.client.state(), State::Open);
+        }
+    }
+
+    #[test]
+    fn a_silent_server_fails_the_keepalive_after_two_periods() {
+        let mut p = liveness_pair(Compression::None);
+        let t0 = p.now;
+        p.client.handle_timeout(t0 + ms(100));
+        assert!(!p.client.is_flushed(), "ping queued");
+        transmit(&mut p.client, t0 + ms(100)); // lost on the way
+        assert_eq!(p.client.next_deadline(), Some(t0 + ms(200)));
+        p.client.handle_timeout(t0 + ms(199));
+        assert_eq!(p.client.state(), State::Open);
+        p.client.handle_timeout(t0 + ms(200));
+        assert_eq!(
+            p.client.close_reason(),
+            closed_with(ProtocolError::Liveness(
+                LivenessError::KeepaliveTimeout { silent: ms(200) }
+            ))
+            .as_ref()
+        );
+    }
+
+    #[test]
+    fn the_idle_timeout_counts_whole_frames_and_waits_for_the_answers() {
+        let mut p = liveness_pair(Compression::None);
+        let t0 = p.now;
+        // A request: the clock waits while it is owed an answer.
+        p.client.send_frame(1, FrameKind::Request, b"q");
+        p.client_to_server(NO_LIMIT);
+        assert_eq!(receive_ok(&mut p.server).len(), 1);
+        p.server.handle_progress(t0 + ms(10));
+        assert_eq!(p.server.next_deadline(), None);
+        p.server.handle_timeout(t0 + ms(5_000));
+        assert_eq!(p.server.state(), State::Open);
+        p.server.send_frame(1, FrameKind::Response, b"a");
+        transmit(&mut p.server, t0 + ms(5_000));
+        assert_eq!(p.server.next_deadline(), Some(t0 + ms(5_300)));
+        // A trickle of bytes that never makes a frame does not count.
+        let bytes = frame_bytes(2, FrameKind::Request, b"slow");
+        feed(&mut p.server, &bytes[..5], NO_LIMIT);
+        p.server.handle_progress(t0 + ms(5_200));
+        assert_eq!(receive_ok(&mut p.server), []);
+        assert_eq!(p.server.next_deadline(), Some(t0 + ms(5_300)));
+        p.server.handle_timeout(t0 + ms(5_300));
+        assert_eq!(
+            p.server.close_reason(),
+            closed_with(ProtocolError::Liveness(LivenessError::IdleTimeout {
+                idle: ms(300)
+            }))
+            .as_ref()
+        );
+    }
+
+    #[test]
+    fn fastrpc_clients_never_ping() {
+        let settings = FastrpcSettings::default();
+        let mut client = Conn::new(
+            ConnConfig {
+                keepalive: Some(ms(100)),
+                profile: Profile::Fastrpc(settings),
+                ..ConnConfig::new(Role::Client)
+            },
+            Instant::now(),
+        );
+        let t0 = Instant::now();
+        client.open(Hello::new(Compression::None, false));
+        client.handle_progress(t0);
+        assert_eq!(client.next_deadline(), None);
     }
 
     fn frame_bytes(id: u32, kind: FrameKind, payload: &[u8]) -> Vec<u8> {
@@ -3266,7 +3487,7 @@ mod tests {
                     receive(&mut p.server),
                     (vec![got(1, FrameKind::Request, b"whole")], Ok(()))
                 );
-                assert_eq!(p.server.close_reason(), Some(&Ok(())), "{c}");
+                assert_eq!(p.server.state(), State::Draining, "{c}: half-closed");
 
                 let mut p =
                     Pair::open_tls(tls_config(Role::Client, c), tls_config(Role::Server, c));

@@ -6,6 +6,12 @@
 //! +----------------+---------+-----------------+-------------------+
 //! ```
 //!
+//! Kinds 0-3 carry calls and their answers. Kinds 4 and 5 carry the keepalive: a client that
+//! has heard nothing for its keepalive period sends a [`FrameKind::Ping`] (id 0, empty
+//! payload), and the server answers it at once with a [`FrameKind::Pong`] of the same id, in
+//! the same batches as everything else (see [`super::liveness`]). A connection hands neither to
+//! its owner.
+//!
 //! [`decode`] works on a partially filled buffer: it returns `Ok(None)` until a whole frame is
 //! there, hands back a payload borrowed from the buffer (no copy), and refuses a length above
 //! the configured maximum as soon as the header is complete, before anything is reserved for it.
@@ -30,6 +36,11 @@ pub enum FrameKind {
     Response = 2,
     /// The handler failed; the payload is the error text (UTF-8).
     ErrorResponse = 3,
+    /// Keepalive, client to server: answer with a [`FrameKind::Pong`] of the same id. Empty
+    /// payload.
+    Ping = 4,
+    /// Keepalive, server to client: the answer to a [`FrameKind::Ping`]. Empty payload.
+    Pong = 5,
 }
 
 impl FrameKind {
@@ -40,13 +51,24 @@ impl FrameKind {
             1 => FrameKind::RequestNoReply,
             2 => FrameKind::Response,
             3 => FrameKind::ErrorResponse,
+            4 => FrameKind::Ping,
+            5 => FrameKind::Pong,
             _ => return None,
         })
     }
 
-    /// True for the kinds a client sends.
+    /// True for the kinds that carry a call: [`FrameKind::Request`] and
+    /// [`FrameKind::RequestNoReply`].
     pub fn is_request(self) -> bool {
         matches!(self, FrameKind::Request | FrameKind::RequestNoReply)
+    }
+
+    /// True for the kinds a client sends: the requests and [`FrameKind::Ping`].
+    pub fn is_from_client(self) -> bool {
+        matches!(
+            self,
+            FrameKind::Request | FrameKind::RequestNoReply | FrameKind::Ping
+        )
     }
 }
 
@@ -228,8 +250,8 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_refused_with_header_only() {
-        let buf = [0, 0, 0, 0, 4, 0, 0, 0, 0];
-        assert_eq!(decode(&buf, 100), Err(FrameError::UnknownKind(4)));
+        let buf = [0, 0, 0, 0, 6, 0, 0, 0, 0];
+        assert_eq!(decode(&buf, 100), Err(FrameError::UnknownKind(6)));
         let buf = [0, 0, 0, 0, 0xff, 1, 0, 0, 0];
         assert_eq!(decode(&buf, 100), Err(FrameError::UnknownKind(0xff)));
     }
@@ -277,9 +299,13 @@ mod tests {
         for b in 0..=255u8 {
             match FrameKind::from_byte(b) {
                 Some(k) => assert_eq!(k as u8, b),
-                None => assert!(b > 3),
+                None => assert!(b > 5),
             }
         }
+        assert!(FrameKind::Ping.is_from_client());
+        assert!(!FrameKind::Ping.is_request());
+        assert!(!FrameKind::Pong.is_from_client());
+        assert!(!FrameKind::Response.is_from_client());
         assert!(FrameKind::Request.is_request());
         assert!(FrameKind::RequestNoReply.is_request());
         assert!(!FrameKind::Response.is_request());

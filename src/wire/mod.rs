@@ -7,6 +7,7 @@
 //! - [`frame`]: the native frame, encoder and zero-copy decoder with limits.
 //! - [`compress`]: streaming codecs over a whole direction of a connection.
 //! - [`conn`]: the per-connection state machine: buffers, batching, flush policy.
+//! - [`liveness`]: the keepalive and idle clocks of a connection.
 //! - [`tls`]: TLS (rustls, sans-IO) inside the connection, and its errors.
 
 pub mod buffer;
@@ -16,6 +17,7 @@ mod crc32c;
 pub mod fastrpc;
 pub mod frame;
 pub mod handshake;
+pub mod liveness;
 pub mod tls;
 
 use std::fmt;
@@ -24,6 +26,7 @@ use compress::DecompressError;
 use fastrpc::{FastrpcFrameError, FastrpcHelloError};
 use frame::{FrameError, FrameKind};
 use handshake::HandshakeError;
+use liveness::LivenessError;
 use tls::TlsError;
 
 /// A violation of the protocol by the peer (or by the configuration it met). Fatal to the
@@ -53,6 +56,9 @@ pub enum ProtocolError {
     FastrpcHello(FastrpcHelloError),
     /// A fastrpc frame is invalid: a name or value longer than the profile allows.
     FastrpcFrame(FastrpcFrameError),
+    /// The peer went silent for longer than the connection's keepalive or idle timeout
+    /// allows (see [`liveness`]).
+    Liveness(LivenessError),
 }
 
 impl fmt::Display for ProtocolError {
@@ -71,6 +77,8 @@ impl fmt::Display for ProtocolError {
             ProtocolError::Tls(_) => f.write_str("tls failed"),
             ProtocolError::FastrpcHello(_) => f.write_str("fastrpc handshake refused"),
             ProtocolError::FastrpcFrame(_) => f.write_str("invalid fastrpc frame"),
+            // Says it all: it carries no source to repeat.
+            ProtocolError::Liveness(e) => fmt::Display::fmt(e, f),
         }
     }
 }
@@ -116,6 +124,12 @@ impl From<FastrpcHelloError> for ProtocolError {
 impl From<FastrpcFrameError> for ProtocolError {
     fn from(e: FastrpcFrameError) -> Self {
         ProtocolError::FastrpcFrame(e)
+    }
+}
+
+impl From<LivenessError> for ProtocolError {
+    fn from(e: LivenessError) -> Self {
+        ProtocolError::Liveness(e)
     }
 }
 
