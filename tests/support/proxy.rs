@@ -23,6 +23,9 @@
 //! - [`Proxy::cut_mid_batch`]: the next chunk the server sends on each connection is forwarded
 //!   only up to a random byte strictly inside it, then the connection is closed both ways (the
 //!   server dies in the middle of a batch, usually in the middle of a frame);
+//! - [`Proxy::silence_existing`]: the path of every open connection dies silently (a machine
+//!   or route gone): from now on their bytes are dropped, either way, and nothing is closed
+//!   (no FIN, no RST) until the proxy is dropped; connections accepted later flow normally;
 //! - [`Proxy::set_upstream`]: later connections go to another address (a restarted server).
 //!
 //! Randomness (split points, cut points) comes from a seeded [`XorShift`] per pump, derived
@@ -130,6 +133,10 @@ pub struct ProxyStats {
     pub cuts: u64,
     /// `write()` calls made to forward bytes (either way).
     pub writes: u64,
+    /// Connections silenced by `silence_existing`.
+    pub silenced: u64,
+    /// Bytes dropped on silenced connections (either way).
+    pub bytes_dropped: u64,
 }
 
 /// One proxied connection: the client's socket and the server's.
@@ -145,6 +152,8 @@ struct Pair {
     live: AtomicU64,
     /// `cut_mid_batch` is armed for the next server chunk.
     cut: AtomicBool,
+    /// `silence_existing`: drop everything, close nothing.
+    silenced: AtomicBool,
 }
 
 impl Pair {
@@ -168,6 +177,8 @@ struct Counters {
     killed: AtomicU64,
     cuts: AtomicU64,
     writes: AtomicU64,
+    silenced: AtomicU64,
+    dropped: AtomicU64,
 }
 
 struct Shared {
@@ -313,6 +324,22 @@ impl Proxy {
         pairs.len()
     }
 
+    /// Every open connection goes silent for good: the bytes either side sends are read and
+    /// dropped, and neither side is closed, not even when the other closes its end (no FIN,
+    /// no RST) — as when a route or a machine disappears. Connections accepted later flow
+    /// normally. Returns how many were silenced.
+    pub fn silence_existing(&self) -> usize {
+        let pairs = self.shared.live_pairs();
+        for p in &pairs {
+            p.silenced.store(true, Ordering::SeqCst);
+        }
+        self.shared
+            .counters
+            .silenced
+            .fetch_add(pairs.len() as u64, Ordering::Relaxed);
+        pairs.len()
+    }
+
     /// Connections open now.
     pub fn open_connections(&self) -> usize {
         self.shared.live_pairs().len()
@@ -328,6 +355,8 @@ impl Proxy {
             killed: c.killed.load(Ordering::Relaxed),
             cuts: c.cuts.load(Ordering::Relaxed),
             writes: c.writes.load(Ordering::Relaxed),
+            silenced: c.silenced.load(Ordering::Relaxed),
+            bytes_dropped: c.dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -406,6 +435,7 @@ fn start_pair(
         ended: [AtomicBool::new(false), AtomicBool::new(false)],
         live: AtomicU64::new(2),
         cut: AtomicBool::new(false),
+        silenced: AtomicBool::new(false),
     });
     let mut pumps = shared.pumps.lock().unwrap_or_else(|e| e.into_inner());
     pumps.retain(|t| !t.is_finished());
@@ -475,6 +505,9 @@ fn pump_loop(
         if pair.ended[dir as usize].load(Ordering::SeqCst) {
             return End::Eof;
         }
+        if pair.silenced.load(Ordering::SeqCst) {
+            return black_hole(shared, pair, from, &mut buf);
+        }
         if shared.stalled() {
             std::thread::sleep(Duration::from_millis(1));
             continue;
@@ -486,6 +519,11 @@ fn pump_loop(
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => return End::Broken,
         };
+        if pair.silenced.load(Ordering::SeqCst) {
+            // Silenced while this read was under way: what it brought is lost too.
+            shared.counters.dropped.fetch_add(n as u64, Ordering::Relaxed);
+            return black_hole(shared, pair, from, &mut buf);
+        }
         let mut chunk = &buf[..n];
         let mut cut_here = false;
         if dir == Dir::ToClient && pair.cut.swap(false, Ordering::SeqCst) {
@@ -519,6 +557,28 @@ fn pump_loop(
             return End::Broken;
         }
     }
+}
+
+/// A silenced direction: reads and drops what comes until the proxy stops, and closes
+/// nothing meanwhile, even after its source ended its stream or failed.
+fn black_hole(shared: &Shared, pair: &Pair, from: &TcpStream, buf: &mut [u8]) -> End {
+    let mut source_open = true;
+    while !(shared.stop.load(Ordering::SeqCst) || pair.closed.load(Ordering::SeqCst)) {
+        if !source_open {
+            std::thread::sleep(TICK);
+            continue;
+        }
+        match (&*from).read(buf) {
+            Ok(0) => source_open = false,
+            Ok(n) => {
+                shared.counters.dropped.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => source_open = false,
+        }
+    }
+    End::Broken
 }
 
 fn sleep_unless_closed(shared: &Shared, pair: &Pair, d: Duration) {
