@@ -143,8 +143,14 @@ assert_eq!(sum, 5);
 //! Everything is bounded: pending calls per client (`max_pending_requests`, then
 //! [`Error::Overflow`]), queued requests per server (`max_queued_requests`, then the reactor
 //! stops reading: backpressure), frame size (`max_frame_len`, 64 MiB), handshake time (3 s),
-//! connections (`max_connections`). A peer that breaks the protocol loses its connection and
-//! is counted in [`Stats`]; nothing else is affected.
+//! connections (`max_connections`), silence: a client pings a connection that has received
+//! nothing for its keepalive period ([`ClientBuilder::keepalive`], 15 s) and drops it as dead
+//! after as long again without a byte (its calls fail with [`Error::ConnectionLost`], and it
+//! redials), and a server closes a connection that delivered no complete frame for its idle
+//! timeout ([`ServerBuilder::idle_timeout`], 60 s) while owed no answer. A peer that breaks
+//! the protocol loses its connection and is counted in [`Stats`]; nothing else is affected.
+//! A client that half-closes (ends its stream after whole frames) gets every answer, then the
+//! close.
 //!
 //! # Threads, and driving the reactor yourself
 //!

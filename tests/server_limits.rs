@@ -4,14 +4,16 @@
 mod support;
 
 use std::collections::HashSet;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use batchrpc::wire::frame::{self, FrameKind};
+use batchrpc::wire::handshake::{Hello, HELLO_LEN};
 use batchrpc::wire::ProtocolError;
-use batchrpc::{Address, Client, Error, RequestCtx, Server};
+use batchrpc::{Address, Client, Compression, Error, RequestCtx, Server};
 use support::{client_of, echo_builder, run, wait_until, Gate, Occupancy, OpenOnDrop};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -103,7 +105,9 @@ fn connect_succeeds_when_some_of_its_connections_are_refused() {
 
 /// Jobs of a connection that closed while its requests were at the workers: their answers
 /// must not go to a new connection that took the old one's place (same reactor slot, same
-/// wire ids).
+/// wire ids). The old peer is a raw socket that breaks the protocol once its requests are at
+/// the workers, so that the server closes it at once (an end of stream would not do: the
+/// server answers a half-closed peer before it closes).
 #[test]
 fn answers_for_a_closed_connection_never_reach_its_successor() {
     run(|| {
@@ -124,25 +128,41 @@ fn answers_for_a_closed_connection_never_reach_its_successor() {
             .bind("127.0.0.1:0")
             .unwrap();
         let _open = OpenOnDrop(gate.clone());
-        let old = client_of(&server);
-        let held: Vec<_> = (0..3)
-            .map(|i| old.call_async(format!("old-{i}").as_bytes()).unwrap())
-            .collect();
+        // A client with 4 call slots numbers its first calls 4, 5, 6 (generation 1 above two
+        // bits of slot index): the old peer uses those ids.
+        let addr = server.local_addr().as_tcp().unwrap();
+        let mut old = TcpStream::connect(addr).unwrap();
+        old.write_all(&Hello::new(Compression::None, false).encode())
+            .unwrap();
+        let mut answer = [0; HELLO_LEN];
+        old.read_exact(&mut answer).unwrap();
+        let mut requests = Vec::new();
+        for (i, id) in (4..7).enumerate() {
+            frame::encode(
+                &mut requests,
+                id,
+                FrameKind::Request,
+                format!("old-{i}").as_bytes(),
+            );
+        }
+        old.write_all(&requests).unwrap();
         wait_until(WAIT, "the handler to hold an old call", || {
             occupancy.current() >= 1
         });
-        // All three must be at the server before the old client goes: dropping a client
-        // discards what it has not written yet.
         wait_until(WAIT, "the server to read the old calls", || {
             server.stats().frames_read == 3
         });
-        drop(held);
-        drop(old);
-        wait_until(WAIT, "the server to see the old client leave", || {
+        // An unknown frame kind: the server closes the connection at once.
+        old.write_all(&[0, 0, 0, 0, 0xee, 0, 0, 0, 0]).unwrap();
+        wait_until(WAIT, "the server to close the old connection", || {
             server.stats().open_connections == 0
         });
-        // The new client's first calls have the same wire ids the old client's had.
-        let new = client_of(&server);
+        assert_eq!(server.stats().errors.protocol, 1);
+        // The new client's first calls have the same wire ids the old peer's had.
+        let new = Client::builder(addr)
+            .max_pending_requests(4)
+            .connect()
+            .unwrap();
         let pending: Vec<_> = (0..3)
             .map(|i| new.call_async(format!("new-{i}").as_bytes()).unwrap())
             .collect();
@@ -159,6 +179,7 @@ fn answers_for_a_closed_connection_never_reach_its_successor() {
         }
         assert_eq!(new.stats().errors.stale_responses, 0);
         assert_eq!(new.stats().calls, 23);
+        drop(old);
     });
 }
 

@@ -384,8 +384,9 @@ impl ClientBuilder {
     /// another `period`, the connection is taken for dead, the calls it carried fail with
     /// [`Error::ConnectionLost`] whose cause is a keepalive timeout
     /// ([`ProtocolError::Liveness`](crate::wire::ProtocolError::Liveness)), it is counted in
-    /// [`Stats::keepalive_timeouts`](crate::Stats::keepalive_timeouts), and it is redialed
-    /// with the usual backoff. Zero turns keepalive off.
+    /// [`Stats::keepalive_timeouts`](crate::Stats::keepalive_timeouts), logged at warn
+    /// (target `batchrpc::conn`), and it is redialed with the usual backoff. Zero turns
+    /// keepalive off.
     ///
     /// Default 15 s. Without it, a path that dies silently (a machine or route gone, no FIN
     /// or RST) is noticed only when the kernel gives up on unacknowledged data, about 15

@@ -939,12 +939,20 @@ impl Reactor {
             if let Some(service) = self.services.get_mut(ep.service) {
                 match &cause {
                     Some(Error::Protocol(ProtocolError::Liveness(e))) => {
-                        let counter = match e {
-                            LivenessError::KeepaliveTimeout { .. } => C::keepalive_timeouts,
-                            _ => C::idle_timeouts,
+                        // A dead path is news; an idle peer let go is routine.
+                        let (counter, level) = match e {
+                            LivenessError::KeepaliveTimeout { .. } => {
+                                (C::keepalive_timeouts, log::Level::Warn)
+                            }
+                            _ => (C::idle_timeouts, log::Level::Debug),
                         };
                         service.stats().inc(counter);
-                        log::debug!(target: "batchrpc::conn", "closing the connection with {}: {e}", ep.peer);
+                        log::log!(
+                            target: "batchrpc::conn",
+                            level,
+                            "closing the connection with {}: {e}",
+                            ep.peer
+                        );
                     }
                     Some(Error::Protocol(_)) => service.stats().inc(C::protocol),
                     _ => {}

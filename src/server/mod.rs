@@ -336,6 +336,10 @@ impl ServerBuilder {
     /// connection is counted in [`Stats::idle_timeouts`](crate::Stats::idle_timeouts) and
     /// logged at debug (target `batchrpc::conn`). Zero turns it off.
     ///
+    /// A client that ends its stream after whole frames (a half-close) gets every answer to
+    /// what it sent, then the close; the idle timeout bounds how long the server waits for
+    /// one that does not read them.
+    ///
     /// Default 60 s: four times the clients' default
     /// [keepalive](crate::ClientBuilder::keepalive) of 15 s, so a live idle client, which
     /// pings every 15 s of quiet, is never cut off, while a peer gone silently gives its
