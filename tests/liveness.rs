@@ -35,7 +35,10 @@ fn is_keepalive_loss(e: &Error) -> bool {
 #[test]
 fn a_path_that_dies_silently_is_found_by_the_keepalive_and_reaped_by_the_idle_timeout() {
     run(|| {
-        let server = echo_builder().idle_timeout(IDLE).bind("127.0.0.1:0").unwrap();
+        let server = echo_builder()
+            .idle_timeout(IDLE)
+            .bind("127.0.0.1:0")
+            .unwrap();
         let proxy = Proxy::start(server.local_addr().as_tcp().unwrap(), 14);
         let client = Client::builder(proxy.addr())
             .keepalive(KEEPALIVE)
@@ -60,11 +63,17 @@ fn a_path_that_dies_silently_is_found_by_the_keepalive_and_reaped_by_the_idle_ti
             );
         }
         let failed = answered.elapsed();
-        assert!(failed < 2 * KEEPALIVE + SLACK, "dead path found after {failed:?}");
+        assert!(
+            failed < 2 * KEEPALIVE + SLACK,
+            "dead path found after {failed:?}"
+        );
         // A fresh connection (the proxy passes new ones) takes the next call.
         assert_eq!(&*client.call(b"after").unwrap(), b"after");
         let recovered = answered.elapsed();
-        assert!(recovered < 3 * KEEPALIVE + SLACK, "recovered after {recovered:?}");
+        assert!(
+            recovered < 3 * KEEPALIVE + SLACK,
+            "recovered after {recovered:?}"
+        );
         // The server reaps the silent connection at its idle timeout.
         wait_until(
             (IDLE + SLACK).saturating_sub(answered.elapsed()),
@@ -89,7 +98,10 @@ fn a_path_that_dies_silently_is_found_by_the_keepalive_and_reaped_by_the_idle_ti
 #[test]
 fn a_live_idle_client_with_keepalive_is_never_cut_off() {
     run(|| {
-        let server = echo_builder().idle_timeout(IDLE).bind("127.0.0.1:0").unwrap();
+        let server = echo_builder()
+            .idle_timeout(IDLE)
+            .bind("127.0.0.1:0")
+            .unwrap();
         let client = Client::builder(server.local_addr().as_tcp().unwrap())
             .keepalive(KEEPALIVE)
             .connect()
@@ -127,12 +139,16 @@ fn raw_open(addr: SocketAddr) -> TcpStream {
 #[test]
 fn a_peer_trickling_bytes_after_its_hello_is_closed_at_the_idle_timeout() {
     run(|| {
-        let server = echo_builder().idle_timeout(IDLE).bind("127.0.0.1:0").unwrap();
+        let server = echo_builder()
+            .idle_timeout(IDLE)
+            .bind("127.0.0.1:0")
+            .unwrap();
         let mut s = raw_open(server.local_addr().as_tcp().unwrap());
         let opened = Instant::now();
         let mut request = Vec::new();
         frame::encode(&mut request, 1, FrameKind::Request, &[7; 100]);
-        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let mut sent = 0;
         let closed_after = loop {
             assert!(
@@ -172,7 +188,8 @@ fn a_peer_trickling_bytes_after_its_hello_is_closed_at_the_idle_timeout() {
 /// Reads frames from `s` until end of stream (panics on a timeout or a reset).
 fn read_to_end_of_stream(s: &mut TcpStream) -> Vec<(u32, FrameKind, Vec<u8>)> {
     let mut bytes = Vec::new();
-    s.read_to_end(&mut bytes).expect("answers, then end of stream");
+    s.read_to_end(&mut bytes)
+        .expect("answers, then end of stream");
     let mut frames = Vec::new();
     let mut rest = &bytes[..];
     while !rest.is_empty() {
@@ -211,7 +228,12 @@ fn a_half_closed_client_gets_every_answer_then_the_close() {
             );
         }
         // And one that wants no answer.
-        frame::encode(&mut requests, 0, FrameKind::RequestNoReply, b"fire and forget");
+        frame::encode(
+            &mut requests,
+            0,
+            FrameKind::RequestNoReply,
+            b"fire and forget",
+        );
         s.write_all(&requests).unwrap();
         s.shutdown(Shutdown::Write).unwrap();
         let mut frames = read_to_end_of_stream(&mut s);
@@ -258,9 +280,11 @@ fn a_half_closed_client_that_never_reads_is_closed_at_the_idle_timeout() {
         s.shutdown(Shutdown::Write).unwrap();
         let start = Instant::now();
         // 25 MiB of answers, far more than the socket buffers hold: the server cannot finish.
-        wait_until(IDLE + SLACK, "the idle timeout to close the connection", || {
-            server.stats().idle_timeouts == 1
-        });
+        wait_until(
+            IDLE + SLACK,
+            "the idle timeout to close the connection",
+            || server.stats().idle_timeouts == 1,
+        );
         assert!(start.elapsed() >= IDLE - Duration::from_millis(50));
         wait_until(SLACK, "the connection to be gone", || {
             server.stats().open_connections == 0

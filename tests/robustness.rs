@@ -658,7 +658,10 @@ fn half_closed_connections_fail_their_calls_and_the_client_redials() {
             "half-close: {lost} of 20 held calls lost, {} answered",
             s.calls - 4
         );
-        assert_eq!(lost, 10, "the client-side half-closes lose all theirs, no other");
+        assert_eq!(
+            lost, 10,
+            "the client-side half-closes lose all theirs, no other"
+        );
         assert_eq!(s.errors.connection_lost, lost);
         assert_eq!(s.calls + lost, 24);
         assert_eq!(s.dials, 5);

@@ -2475,7 +2475,11 @@ mod tests {
             if c == Compression::None {
                 assert_eq!(ping, frame_bytes(0, FrameKind::Ping, b""));
             }
-            assert_eq!(receive_ok(&mut p.server), [], "{c}: not the owner's business");
+            assert_eq!(
+                receive_ok(&mut p.server),
+                [],
+                "{c}: not the owner's business"
+            );
             p.server.handle_progress(p.now);
             assert_eq!(p.server.next_deadline(), Some(p.now + ms(300)), "{c}");
             let pong = p.server_to_client(NO_LIMIT);
@@ -2504,9 +2508,9 @@ mod tests {
         p.client.handle_timeout(t0 + ms(200));
         assert_eq!(
             p.client.close_reason(),
-            closed_with(ProtocolError::Liveness(
-                LivenessError::KeepaliveTimeout { silent: ms(200) }
-            ))
+            closed_with(ProtocolError::Liveness(LivenessError::KeepaliveTimeout {
+                silent: ms(200)
+            }))
             .as_ref()
         );
     }

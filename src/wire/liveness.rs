@@ -74,7 +74,10 @@ enum Watch {
     /// Opened; the clocks start at the next stamp.
     Starting,
     /// Bytes last arrived at `bytes_at`, a frame (or an answer queued) at `frame_at`.
-    Quiet { bytes_at: Instant, frame_at: Instant },
+    Quiet {
+        bytes_at: Instant,
+        frame_at: Instant,
+    },
     /// As `Quiet`, and a ping went out at `sent` that nothing has followed yet.
     Pinged {
         bytes_at: Instant,
@@ -262,7 +265,9 @@ mod tests {
         assert_eq!(l.poll_due(t0 + ms(199)), None);
         assert_eq!(
             l.poll_due(t0 + ms(200)),
-            Some(Due::Close(LivenessError::KeepaliveTimeout { silent: ms(200) }))
+            Some(Due::Close(LivenessError::KeepaliveTimeout {
+                silent: ms(200)
+            }))
         );
         assert_eq!(l.next_deadline(), None);
         assert_eq!(l.poll_due(t0 + ms(500)), None);
@@ -354,6 +359,9 @@ mod tests {
         let i = LivenessError::IdleTimeout {
             idle: Duration::from_secs(60),
         };
-        assert_eq!(i.to_string(), "idle timeout: no frame from the peer for 60s");
+        assert_eq!(
+            i.to_string(),
+            "idle timeout: no frame from the peer for 60s"
+        );
     }
 }

@@ -521,7 +521,10 @@ fn pump_loop(
         };
         if pair.silenced.load(Ordering::SeqCst) {
             // Silenced while this read was under way: what it brought is lost too.
-            shared.counters.dropped.fetch_add(n as u64, Ordering::Relaxed);
+            shared
+                .counters
+                .dropped
+                .fetch_add(n as u64, Ordering::Relaxed);
             return black_hole(shared, pair, from, &mut buf);
         }
         let mut chunk = &buf[..n];
@@ -571,7 +574,10 @@ fn black_hole(shared: &Shared, pair: &Pair, from: &TcpStream, buf: &mut [u8]) ->
         match (&*from).read(buf) {
             Ok(0) => source_open = false,
             Ok(n) => {
-                shared.counters.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                shared
+                    .counters
+                    .dropped
+                    .fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
