@@ -16,6 +16,12 @@
 //!     Closed ◀───────────────────────┴───────────────── of stream ─────── Closed ◀── Closed
 //! ```
 //!
+//! A server whose client ends its stream after whole frames half-closes: `Open -> Draining`
+//! once every frame was delivered, and its owner closes it after answering them. Once open, the
+//! keepalive and idle clocks of [`super::liveness`] run (pings and pongs are answered and
+//! absorbed here, never handed to the owner); a peer silent for too long closes the
+//! connection with [`ProtocolError::Liveness`].
+//!
 //! A side that must tell its peer why it gives up does so before closing: a server that
 //! refuses a client's TLS wish answers with its hello first, and a TLS failure during the TLS
 //! handshake sends rustls's alert first (`Handshake`/`Tls -> Draining -> Closed`, the
@@ -34,7 +40,8 @@
 //! # Methods, by kind
 //! - getters: [`Conn::state`], [`Conn::peer_hello`], [`Conn::send_backlog`], [`Conn::counters`], ...
 //! - inputs (`handle_*`): [`Conn::recv_buf`] + [`Conn::handle_recv`] for bytes read from the
-//!   peer, [`Conn::handle_eof`], [`Conn::handle_sent`], [`Conn::handle_timeout`].
+//!   peer, [`Conn::handle_eof`], [`Conn::handle_sent`], [`Conn::handle_timeout`],
+//!   [`Conn::handle_progress`].
 //! - mutators: [`Conn::send_frame`], [`Conn::queue_encoded`], [`Conn::begin_drain`],
 //!   [`Conn::close`].
 //! - outputs (`poll_*`): [`Conn::poll_frame`] for decoded frames, [`Conn::poll_transmit`] for
@@ -43,8 +50,10 @@
 //! # Call order, one reactor turn
 //! 1. While the socket is readable and the state is `Handshake`, `Tls` or `Open`:
 //!    `recv_buf()`, read into it, `handle_recv(n)`; on end of stream `handle_eof()`. Then drain
-//!    `poll_frame()` until it yields `None`. (During `Handshake` and `Tls`, `handle_recv` also
-//!    queues the handshake's answers; `poll_opened()` says when the connection opened.)
+//!    `poll_frame()` until it yields `None`, and `handle_progress(now)`, which stamps what
+//!    arrived with the time of the read for the keepalive and idle clocks. (During
+//!    `Handshake` and `Tls`, `handle_recv` also queues the handshake's answers;
+//!    `poll_opened()` says when the connection opened.)
 //! 2. Queue outgoing frames with `send_frame`/`queue_encoded` (any time).
 //! 3. At the end of the turn: `poll_transmit(now)`; write what it returns, report the amount with
 //!    `handle_sent(n)`, and repeat until it returns `None` or the socket would block.
