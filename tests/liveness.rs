@@ -80,6 +80,11 @@ fn a_path_that_dies_silently_is_found_by_the_keepalive_and_reaped_by_the_idle_ti
             "the server to reap the silent connection",
             || server.stats().idle_timeouts == 1,
         );
+        println!(
+            "silent path: calls failed {failed:?}, a call succeeded again {recovered:?}, \
+             the server reaped it {:?} after the last answer",
+            answered.elapsed()
+        );
         let c = client.stats();
         assert_eq!(
             (c.keepalive_timeouts, c.dials, c.errors.connection_lost),
@@ -119,6 +124,10 @@ fn a_live_idle_client_with_keepalive_is_never_cut_off() {
         );
         let s = server.stats();
         assert_eq!((s.accepts, s.idle_timeouts, s.calls), (1, 0, 4));
+        println!(
+            "live idle client: {} frames read by the server, 4 of them calls",
+            s.frames_read
+        );
         // Four idle timeouts passed without a cut: pings came in between.
         assert!(s.frames_read >= 4 + 3, "{} frames read", s.frames_read);
     });
@@ -166,6 +175,7 @@ fn a_peer_trickling_bytes_after_its_hello_is_closed_at_the_idle_timeout() {
                 Err(_) => break opened.elapsed(), // reset
             }
         };
+        println!("slowloris: {sent} bytes sent, closed {closed_after:?} after the hello");
         assert!(
             closed_after >= IDLE - Duration::from_millis(50),
             "closed after {closed_after:?}"
@@ -285,7 +295,9 @@ fn a_half_closed_client_that_never_reads_is_closed_at_the_idle_timeout() {
             "the idle timeout to close the connection",
             || server.stats().idle_timeouts == 1,
         );
-        assert!(start.elapsed() >= IDLE - Duration::from_millis(50));
+        let closed = start.elapsed();
+        println!("half-closed peer that never reads: closed {closed:?} after its end of stream");
+        assert!(closed >= IDLE - Duration::from_millis(50), "{closed:?}");
         wait_until(SLACK, "the connection to be gone", || {
             server.stats().open_connections == 0
         });
