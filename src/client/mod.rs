@@ -391,8 +391,8 @@ impl ClientBuilder {
     /// Default 15 s. Without it, a path that dies silently (a machine or route gone, no FIN
     /// or RST) is noticed only when the kernel gives up on unacknowledged data, about 15
     /// minutes with Linux defaults, and an idle connection is never noticed at all. 15 s is
-    /// the interval of Go's `net.Dialer` TCP keepalive; gRPC waits 20 s for the answer to a
-    /// ping. With it, a dead connection is found within two periods (30 s) of its last byte,
+    /// the interval of Go's `net.Dialer` TCP keepalive; gRPC's keepalive waits 20 s for the
+    /// answer to a ping by default, and grpc-go pings no more often than every 10 s. With it, a dead connection is found within two periods (30 s) of its last byte,
     /// for one 9-byte ping and one 9-byte pong per quiet period and connection. Any received
     /// byte counts, so a busy connection never pings, and a large response still arriving
     /// keeps its connection alive.

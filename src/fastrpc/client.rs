@@ -25,6 +25,10 @@ use crate::{Compression, ConnInfo, Error, PendingCall, Response, Result};
 /// | [`request_timeout`](Self::request_timeout) | 20 s |
 /// | [`max_batch_delay`](Self::max_batch_delay) | zero |
 /// | [`handshake_timeout`](Self::handshake_timeout) | 3 s (Go's) |
+///
+/// There is no keepalive: the fastrpc profile has no ping frame. A path that dies silently
+/// is noticed through the calls' deadlines only, and a server's idle timeout closes an idle
+/// connection (the client redials on its next call).
 #[must_use]
 #[derive(Debug)]
 pub struct ClientBuilder {

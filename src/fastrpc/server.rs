@@ -25,6 +25,7 @@ use crate::{Compression, ConnInfo, HandlerError, RequestCtx, Result};
 /// | [`max_connections`](Self::max_connections) | 10 000 |
 /// | [`max_queued_requests`](Self::max_queued_requests) | 10 000 (Go's `Concurrency` is 10 000 too) |
 /// | [`handshake_timeout`](Self::handshake_timeout) | 3 s (Go's) |
+/// | [`idle_timeout`](Self::idle_timeout) | 60 s without a complete request while owed no answer |
 #[cfg_attr(
     feature = "tls",
     doc = "| [`tls_required`](Self::tls_required) | `false`: with TLS configured, plaintext clients are still served, as Go does |"
@@ -121,6 +122,17 @@ impl ServerBuilder {
     /// Time a connection has for its handshake, TLS included.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.inner = self.inner.handshake_timeout(timeout);
+        self
+    }
+
+    /// Closes a connection that delivers no complete request for `timeout` while owed no
+    /// answer (see [`crate::ServerBuilder::idle_timeout`]); zero turns it off. Default 60 s.
+    /// fastrpc clients have no keepalive ping, so an idle client is closed after that long
+    /// and redials on its next call; a call made just as the close happens fails with
+    /// [`crate::Error::ConnectionLost`]. Turn it off (or raise it) for clients that idle long
+    /// and cannot afford that, if peers that vanish silently are not a concern.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.inner = self.inner.idle_timeout(timeout);
         self
     }
 
