@@ -21,6 +21,17 @@ const IDLE: Duration = Duration::from_millis(500);
 /// Room for scheduling noise on a loaded machine, on top of the bound under test.
 const SLACK: Duration = Duration::from_millis(1500);
 
+/// An error and its causes, as a log line would print them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text += &format!(": {c}");
+        cause = c.source();
+    }
+    text
+}
+
 fn is_keepalive_loss(e: &Error) -> bool {
     match e {
         Error::ConnectionLost(cause) => matches!(
@@ -57,7 +68,7 @@ fn a_path_that_dies_silently_is_found_by_the_keepalive_and_reaped_by_the_idle_ti
             let err = pending.wait().unwrap_err();
             assert!(is_keepalive_loss(&err), "{err}");
             assert_eq!(
-                err.to_string(),
+                chain(&err),
                 "connection lost: protocol error: keepalive timeout: no data from the peer \
                  for 400ms, a ping unanswered"
             );
