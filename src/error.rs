@@ -193,6 +193,7 @@ mod tests {
     use crate::wire::fastrpc::{FastrpcFrameError, FastrpcHelloError, Field};
     use crate::wire::frame::FrameError;
     use crate::wire::handshake::HandshakeError;
+    use crate::wire::liveness::LivenessError;
     use crate::wire::tls::{TlsError, TlsErrorKind};
 
     /// One of every protocol error, each with a cause where it has one.
@@ -213,6 +214,9 @@ mod tests {
                 field: Field::Name,
                 len: 1 << 30,
             }),
+            ProtocolError::Liveness(LivenessError::KeepaliveTimeout {
+                silent: std::time::Duration::from_secs(30),
+            }),
         ];
         // Fails to compile when a variant is added: add it above too.
         for e in &all {
@@ -225,7 +229,8 @@ mod tests {
                 | ProtocolError::HandshakeClosed
                 | ProtocolError::Tls(_)
                 | ProtocolError::FastrpcHello(_)
-                | ProtocolError::FastrpcFrame(_) => {}
+                | ProtocolError::FastrpcFrame(_)
+                | ProtocolError::Liveness(_) => {}
             }
         }
         all
@@ -294,10 +299,10 @@ mod tests {
                 cur = source;
             }
         }
-        // Alone: Io and Connect (1 link each), the 9 protocol errors (1 each), 6 of which
-        // carry a wire error (1 more): 17. Under ConnectionLost: the same 17, plus one link
-        // to each of the 21 errors.
-        assert_eq!(links, 17 + 17 + 21);
+        // Alone: Io and Connect (1 link each), the 10 protocol errors (1 each), 6 of which
+        // carry a wire error (1 more): 18. Under ConnectionLost: the same 18, plus one link
+        // to each of the 22 errors.
+        assert_eq!(links, 18 + 18 + 22);
     }
 
     #[test]
