@@ -183,8 +183,7 @@ impl ClientCore {
     /// Takes a submitted call into the reactor's books. Its deadline counts from
     /// `admitted_at`, read once per batch of submissions after they were taken (the caller
     /// reads no clock): the time the call spent in the submission queue is not counted.
-    fn admit(&mut self, core: &mut Core, idx: u32) {
-        let timeout = self.shared.slots.get(idx).data().timeout;
+    fn admit(&mut self, core: &mut Core, idx: u32, timeout: Duration) {
         let now = self.admitted_at;
         let gen = self.book(core, idx);
         match now.checked_add(timeout) {
@@ -450,7 +449,7 @@ impl ClientCore {
             }
             self.shared.stats.error(&Error::Closed);
             match sub {
-                Submission::Call(idx) => {
+                Submission::Call(idx, _) => {
                     self.shared.slots.complete(idx, Err(Error::Closed), true);
                 }
                 Submission::Send(idx, buf) => {
@@ -616,7 +615,7 @@ impl Service for ClientCore {
             self.admitted_at = Instant::now().max(core.now);
             for sub in batch.drain(..) {
                 match sub {
-                    Submission::Call(idx) => self.admit(core, idx),
+                    Submission::Call(idx, timeout) => self.admit(core, idx, timeout),
                     Submission::Send(idx, buf) => self.admit_send(core, idx, buf),
                     Submission::SendInline(idx, len, bytes) => {
                         self.admit_send_inline(core, idx, &bytes[..usize::from(len)]);

@@ -87,7 +87,7 @@ impl ClientShared {
         if self.closed.load(Ordering::SeqCst) {
             self.entering.fetch_sub(1, Ordering::SeqCst);
             match sub {
-                Submission::Call(idx) => self.slots.release(idx),
+                Submission::Call(idx, _) => self.slots.release(idx),
                 Submission::Send(idx, buf) => {
                     self.slots.release_reserved(idx);
                     self.slots.give_buffer(buf);
@@ -135,18 +135,16 @@ impl ClientShared {
     }
 
     /// Takes a slot and writes the request into it (not yet submitted).
-    fn prepare(&self, req: Body<'_>, timeout: Duration, state: u32) -> Result<u32> {
+    fn prepare(&self, req: Body<'_>, state: u32) -> Result<u32> {
         self.admissible(&req)?;
         let idx = self.alloc(state)?;
-        let mut d = self.slots.get(idx).data();
-        req.write_to(&mut d.request);
-        d.timeout = timeout;
+        req.write_to(&mut self.slots.get(idx).data().request);
         Ok(idx)
     }
 
     fn submit(&self, req: Body<'_>, timeout: Duration, state: u32) -> Result<u32> {
-        let idx = self.prepare(req, timeout, state)?;
-        self.enqueue(Submission::Call(idx))?;
+        let idx = self.prepare(req, state)?;
+        self.enqueue(Submission::Call(idx, timeout))?;
         self.notify();
         Ok(idx)
     }
@@ -236,8 +234,9 @@ impl ClientShared {
 /// An entry of the submission queue: what callers hand to the reactor, in the order they
 /// made them.
 pub(crate) enum Submission {
-    /// A call prepared in slot `idx`.
-    Call(u32),
+    /// A call prepared in slot `idx`, with its timeout (carried here so that the reactor need
+    /// not lock the slot to learn it).
+    Call(u32, Duration),
     /// A send holding slot `idx` (only for the count), with its payload.
     Send(u32, Vec<u8>),
     /// A send of at most [`SEND_INLINE`] bytes, carried in the entry itself: no buffer to take
@@ -731,16 +730,14 @@ impl Client {
     /// Makes a call and waits for its outcome, driving the reactor if nobody does.
     pub(crate) fn call_body(&self, req: Body<'_>, timeout: Duration) -> Result<Response> {
         let shared = self.shared();
-        let idx = shared.prepare(req, timeout, CALLER | REACTOR)?;
-        shared.enqueue(Submission::Call(idx))?;
+        let idx = shared.prepare(req, CALLER | REACTOR)?;
+        shared.enqueue(Submission::Call(idx, timeout))?;
         // Told by `wait` only if it cannot drive the reactor itself.
-        let call = PendingCall {
-            shared: shared.clone(),
-            idx,
-            taken: true,
-        };
         let outcome = shared.wait(idx, false);
-        call.wrap(outcome)
+        outcome.map(|buf| Response {
+            buf,
+            shared: Some(shared.clone()),
+        })
     }
 
     /// Starts a call; the response is taken from the returned handle. Dropping the handle
@@ -770,7 +767,7 @@ impl Client {
         let shared = self.shared();
         let idx = shared.submit(req, timeout, CALLER | REACTOR)?;
         Ok(PendingCall {
-            shared: shared.clone(),
+            shared: Some(shared.clone()),
             idx,
             taken: false,
         })
@@ -824,7 +821,8 @@ impl Client {
 /// A call in flight. [`wait`](Self::wait) for it, poll it with [`try_wait`](Self::try_wait),
 /// or drop it to cancel.
 pub struct PendingCall {
-    shared: Arc<ClientShared>,
+    /// Always there, until `wait` hands it on to the [`Response`].
+    shared: Option<Arc<ClientShared>>,
     idx: u32,
     taken: bool,
 }
@@ -838,9 +836,15 @@ impl fmt::Debug for PendingCall {
 }
 
 impl PendingCall {
+    fn shared(&self) -> &ClientShared {
+        self.shared
+            .as_deref()
+            .expect("taken only by `wait`, which consumes the call")
+    }
+
     /// True once the call has completed (`wait` will not block).
     pub fn is_done(&self) -> bool {
-        self.taken || self.shared.slots.is_done(self.idx)
+        self.taken || self.shared().slots.is_done(self.idx)
     }
 
     /// Blocks until the call completes, and returns its outcome. If
@@ -852,37 +856,31 @@ impl PendingCall {
             return Err(Error::Canceled);
         }
         self.taken = true;
-        let outcome = self.shared.wait(self.idx, true);
-        self.into_response(outcome)
+        let outcome = self.shared().wait(self.idx, true);
+        // The handle's reference to the client goes on to the response: no count to bump.
+        let shared = self.shared.take();
+        outcome.map(|buf| Response { buf, shared })
     }
 
     /// The outcome if the call has completed, without blocking. Returns `Some` once; after
     /// that the call is spent: `try_wait` returns `None` and `wait` [`Error::Canceled`].
     pub fn try_wait(&mut self) -> Option<Result<Response>> {
-        if self.taken || !self.shared.slots.is_done(self.idx) {
+        if self.taken || !self.shared().slots.is_done(self.idx) {
             return None;
         }
         self.taken = true;
-        let outcome = self.shared.slots.take(self.idx);
-        Some(self.wrap(outcome))
-    }
-
-    fn into_response(self, outcome: std::result::Result<Vec<u8>, Error>) -> Result<Response> {
-        self.wrap(outcome)
-    }
-
-    fn wrap(&self, outcome: std::result::Result<Vec<u8>, Error>) -> Result<Response> {
-        outcome.map(|buf| Response {
+        let outcome = self.shared().slots.take(self.idx);
+        Some(outcome.map(|buf| Response {
             buf,
-            shared: Some(self.shared.clone()),
-        })
+            shared: self.shared.clone(),
+        }))
     }
 }
 
 impl Drop for PendingCall {
     fn drop(&mut self) {
         if !self.taken {
-            self.shared.slots.abandon(self.idx);
+            self.shared().slots.abandon(self.idx);
         }
     }
 }
@@ -976,9 +974,7 @@ impl Batch {
     /// Adds a call. Fails at once, for this call only, with [`Error::TooLarge`],
     /// [`Error::Overflow`] or [`Error::Closed`].
     pub fn add(&mut self, req: &[u8]) -> Result<()> {
-        let idx = self
-            .shared
-            .prepare(Body::Bytes(req), self.timeout, CALLER | REACTOR)?;
+        let idx = self.shared.prepare(Body::Bytes(req), CALLER | REACTOR)?;
         self.calls.push(idx);
         Ok(())
     }
@@ -998,7 +994,7 @@ impl Batch {
         let calls = std::mem::take(&mut self.calls);
         let mut submitted = Vec::with_capacity(calls.len());
         for &idx in &calls {
-            submitted.push(self.shared.enqueue(Submission::Call(idx)));
+            submitted.push(self.shared.enqueue(Submission::Call(idx, self.timeout)));
         }
         let mut notified = false;
         calls

@@ -23,7 +23,6 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread::Thread;
-use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 
@@ -45,8 +44,6 @@ const POOL_MAX_BUF: usize = 1 << 20;
 pub(crate) struct SlotData {
     /// The request payload (its capacity is kept across calls).
     pub request: Vec<u8>,
-    /// How long the caller will wait.
-    pub timeout: Duration,
     /// Set by the reactor on completion.
     pub outcome: Option<Result<Vec<u8>, Error>>,
     /// The parked caller, when `WAITER` is set.
@@ -64,7 +61,6 @@ impl Slot {
             state: AtomicU32::new(0),
             data: Mutex::new(SlotData {
                 request: Vec::new(),
-                timeout: Duration::ZERO,
                 outcome: None,
                 waiter: None,
             }),
@@ -78,9 +74,20 @@ impl Slot {
     }
 }
 
+/// A segment of fresh slots (cold: once per `SEGMENT` slots).
+#[cold]
+fn new_segment() -> Box<[Slot; SEGMENT]> {
+    let slots: Box<[Slot]> = (0..SEGMENT).map(|_| Slot::new()).collect();
+    match slots.try_into() {
+        Ok(seg) => seg,
+        Err(_) => unreachable!("a segment has SEGMENT slots"),
+    }
+}
+
 /// The table of slots: allocated lazily in segments, bounded by `max_pending`.
 pub(crate) struct Slots {
-    segments: Box<[OnceLock<Box<[Slot]>>]>,
+    /// Fixed-size segments: indexing one needs no bounds check.
+    segments: Box<[OnceLock<Box<[Slot; SEGMENT]>>]>,
     fresh: AtomicU32,
     free: ArrayQueue<u32>,
     capacity: u32,
@@ -102,8 +109,7 @@ impl Slots {
 
     #[inline]
     pub fn get(&self, idx: u32) -> &Slot {
-        let seg = self.segments[idx as usize / SEGMENT]
-            .get_or_init(|| (0..SEGMENT).map(|_| Slot::new()).collect());
+        let seg = self.segments[idx as usize / SEGMENT].get_or_init(new_segment);
         &seg[idx as usize % SEGMENT]
     }
 
@@ -212,10 +218,22 @@ impl Slots {
         self.get(idx).state.load(Ordering::Acquire) & DONE != 0
     }
 
-    /// Caller: takes the outcome of a completed call and lets go of the slot.
+    /// Caller: takes the outcome of a completed call and lets go of the slot. One lock for
+    /// both: the slot's data stays locked while the caller lets go, so that when it is the
+    /// last holder it clears the slot under the same lock (`release`, without relocking).
     pub fn take(&self, idx: u32) -> Result<Vec<u8>, Error> {
-        let outcome = self.get(idx).data().outcome.take();
-        self.abandon(idx);
+        let slot = self.get(idx);
+        let mut d = slot.data();
+        let outcome = d.outcome.take();
+        let prev = slot.state.fetch_and(!(CALLER | WAITER), Ordering::AcqRel);
+        if prev & HOLDERS == CALLER {
+            d.request.clear();
+            d.waiter = None;
+            drop(d);
+            slot.state.store(0, Ordering::Release);
+            // Cannot fail: at most `capacity` slots exist.
+            let _ = self.free.push(idx);
+        }
         outcome.unwrap_or(Err(Error::Canceled))
     }
 
