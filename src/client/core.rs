@@ -44,8 +44,8 @@ struct CallMeta {
     gen: u32,
     state: CallState,
     conn: usize,
-    /// When it was admitted (`admitted_at`).
-    submitted: Instant,
+    /// When it was admitted (`admitted_at`), in ns since `ClientCore::epoch`.
+    submitted_ns: u64,
 }
 
 /// One of the client's `conns(n)` connections.
@@ -85,6 +85,11 @@ pub(crate) struct ClientCore {
     admitting: Vec<Submission>,
     /// When the current batch of submissions was admitted: read after they were all taken.
     admitted_at: Instant,
+    /// The origin of the calls' times in ns (`CallMeta::submitted_ns`).
+    epoch: Instant,
+    /// The last instant turned into ns since `epoch`, and that figure: the instants come once
+    /// per turn or batch, the calls by the hundreds.
+    clock: (Instant, u64),
 }
 
 impl ClientCore {
@@ -116,6 +121,8 @@ impl ClientCore {
             outstanding: 0,
             admitting: Vec::new(),
             admitted_at: now,
+            epoch: now,
+            clock: (now, 0),
             cfg,
         };
         for stream in streams {
@@ -175,6 +182,16 @@ impl ClientCore {
         link.backoff = (base * 2).min(self.cfg.backoff_max);
     }
 
+    /// `t` in ns since `epoch` (0 before it), cached for a run of equal instants.
+    #[inline]
+    fn nanos(&mut self, t: Instant) -> u64 {
+        if t != self.clock.0 {
+            let ns = t.saturating_duration_since(self.epoch).as_nanos();
+            self.clock = (t, u64::try_from(ns).unwrap_or(u64::MAX));
+        }
+        self.clock.1
+    }
+
     #[inline]
     fn wire_id(&self, idx: u32, gen: u32) -> u32 {
         (gen << self.shared.idx_bits) | idx
@@ -185,7 +202,7 @@ impl ClientCore {
     /// reads no clock): the time the call spent in the submission queue is not counted.
     fn admit(&mut self, core: &mut Core, idx: u32, timeout: Duration) {
         let now = self.admitted_at;
-        let gen = self.book(core, idx);
+        let gen = self.book(idx);
         match now.checked_add(timeout) {
             Some(at) if at <= now => {
                 self.complete(idx, Err(Error::Timeout), now);
@@ -209,7 +226,7 @@ impl ClientCore {
             self.shared.slots.give_buffer(buf);
             return;
         }
-        self.wait_send(core, idx, buf);
+        self.wait_send(idx, buf);
     }
 
     /// [`ClientCore::admit_send`] for a payload carried in the submission entry.
@@ -217,7 +234,7 @@ impl ClientCore {
         if !(self.waiting.is_empty() && self.send_now(core, idx, payload)) {
             let mut buf = self.shared.slots.take_buffer();
             buf.extend_from_slice(payload);
-            self.wait_send(core, idx, buf);
+            self.wait_send(idx, buf);
         }
     }
 
@@ -235,8 +252,8 @@ impl ClientCore {
     }
 
     /// Puts a send in the waiting line, with the request timeout counted from `admitted_at`.
-    fn wait_send(&mut self, core: &mut Core, idx: u32, buf: Vec<u8>) {
-        let gen = self.book(core, idx);
+    fn wait_send(&mut self, idx: u32, buf: Vec<u8>) {
+        let gen = self.book(idx);
         let timeout = self.shared.request_timeout;
         if let Some(at) = self.admitted_at.checked_add(timeout) {
             self.deadlines.insert(idx, timeout, at);
@@ -247,24 +264,24 @@ impl ClientCore {
 
     /// Opens the books on a call in slot `idx` admitted at `admitted_at`: counts it
     /// outstanding and gives it its generation (returned).
-    fn book(&mut self, core: &Core, idx: u32) -> u32 {
+    fn book(&mut self, idx: u32) -> u32 {
         self.outstanding += 1;
         let i = idx as usize;
         if self.metas.len() <= i {
-            let now = core.now;
             self.metas.resize(
                 i + 1,
                 CallMeta {
                     gen: 0,
                     state: CallState::Idle,
                     conn: 0,
-                    submitted: now,
+                    submitted_ns: 0,
                 },
             );
         }
+        let submitted_ns = self.nanos(self.admitted_at);
         let meta = &mut self.metas[i];
         meta.gen = (meta.gen + 1) & self.shared.gen_mask;
-        meta.submitted = self.admitted_at;
+        meta.submitted_ns = submitted_ns;
         meta.gen
     }
 
@@ -382,14 +399,15 @@ impl ClientCore {
     /// response may still come.
     fn finish(&mut self, idx: u32, outcome: Result<Vec<u8>, Error>, now: Instant, off_wire: bool) {
         self.outstanding -= 1;
-        let stats = &self.shared.stats;
         match &outcome {
             Ok(_) => {
+                let submitted = self.metas[idx as usize].submitted_ns;
+                let took = self.nanos(now).saturating_sub(submitted);
+                let stats = &self.shared.stats;
                 stats.inc(C::calls);
-                let took = now.saturating_duration_since(self.metas[idx as usize].submitted);
-                stats.add(C::call_time_ns, took.as_nanos() as u64);
+                stats.add(C::call_time_ns, took);
             }
-            Err(e) => stats.error(e),
+            Err(e) => self.shared.stats.error(e),
         }
         if self.shared.slots.complete(idx, outcome, off_wire) {
             self.shared.stats.inc(C::wakeups);
