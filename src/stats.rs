@@ -219,6 +219,18 @@ impl SharedStats {
         self.add(c, 1);
     }
 
+    /// `add` for a counter that only one thread at a time writes (one reactor's, whose
+    /// state moves between threads only with a hand-off that orders it): a plain load and
+    /// store, no locked instruction. Readers see every update, as with `add`.
+    #[inline]
+    pub(crate) fn add_exclusive(&self, c: C, n: u64) {
+        let counter = &self.c[c as usize];
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
     #[inline]
     pub(crate) fn set(&self, c: C, n: u64) {
         self.c[c as usize].store(n, Ordering::Relaxed);

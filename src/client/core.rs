@@ -244,7 +244,7 @@ impl ClientCore {
             return false;
         };
         match sent {
-            Ok(()) => self.shared.stats.inc(C::calls),
+            Ok(()) => self.shared.stats.add_exclusive(C::calls, 1),
             Err(e) => self.shared.stats.error(&e),
         }
         self.shared.slots.release_reserved(idx);
@@ -334,7 +334,6 @@ impl ClientCore {
         let meta = &mut self.metas[idx as usize];
         meta.state = CallState::InFlight;
         meta.conn = token;
-        self.shared.slots.on_wire(idx);
         true
     }
 
@@ -403,9 +402,10 @@ impl ClientCore {
             Ok(_) => {
                 let submitted = self.metas[idx as usize].submitted_ns;
                 let took = self.nanos(now).saturating_sub(submitted);
+                // Only this core counts calls and their time: no locked instructions.
                 let stats = &self.shared.stats;
-                stats.inc(C::calls);
-                stats.add(C::call_time_ns, took);
+                stats.add_exclusive(C::calls, 1);
+                stats.add_exclusive(C::call_time_ns, took);
             }
             Err(e) => self.shared.stats.error(e),
         }

@@ -20,7 +20,7 @@ use crate::stats::{SharedStats, Stats, C};
 use crate::transport::{Address, CustomStream, Stream, ToAddress};
 use crate::wire::conn::{ConnConfig, Profile, Role};
 use crate::{Compression, ConnInfo, Error, Result};
-use slots::{Slots, CALLER, REACTOR};
+use slots::{Slots, CALLER, REACTOR, WIRE};
 
 type Dialer = dyn Fn() -> io::Result<Box<dyn CustomStream>> + Send + Sync;
 type OnConnect = dyn Fn(&ConnInfo) -> std::result::Result<(), String> + Send + Sync;
@@ -730,7 +730,7 @@ impl Client {
     /// Makes a call and waits for its outcome, driving the reactor if nobody does.
     pub(crate) fn call_body(&self, req: Body<'_>, timeout: Duration) -> Result<Response> {
         let shared = self.shared();
-        let idx = shared.prepare(req, CALLER | REACTOR)?;
+        let idx = shared.prepare(req, CALLER | REACTOR | WIRE)?;
         shared.enqueue(Submission::Call(idx, timeout))?;
         // Told by `wait` only if it cannot drive the reactor itself.
         let outcome = shared.wait(idx, false);
@@ -765,7 +765,7 @@ impl Client {
     /// Submits a call; its outcome is taken from the handle.
     pub(crate) fn start(&self, req: Body<'_>, timeout: Duration) -> Result<PendingCall> {
         let shared = self.shared();
-        let idx = shared.submit(req, timeout, CALLER | REACTOR)?;
+        let idx = shared.submit(req, timeout, CALLER | REACTOR | WIRE)?;
         Ok(PendingCall {
             shared: Some(shared.clone()),
             idx,
@@ -974,7 +974,9 @@ impl Batch {
     /// Adds a call. Fails at once, for this call only, with [`Error::TooLarge`],
     /// [`Error::Overflow`] or [`Error::Closed`].
     pub fn add(&mut self, req: &[u8]) -> Result<()> {
-        let idx = self.shared.prepare(Body::Bytes(req), CALLER | REACTOR)?;
+        let idx = self
+            .shared
+            .prepare(Body::Bytes(req), CALLER | REACTOR | WIRE)?;
         self.calls.push(idx);
         Ok(())
     }

@@ -7,9 +7,11 @@
 //!   a send's slot only counts it against `max_pending_requests`: its payload travels in the
 //!   submission queue, and the slot's data is used only if it has to wait for a connection;
 //! - `REACTOR`: the reactor has yet to complete the call (set from submission to completion);
-//! - `WIRE`: the request is on a connection and its response may still come. A call that
-//!   timed out keeps this until the late response arrives or the connection closes, so that
-//!   the slot, and with it the request id, is never reused while the server may still answer;
+//! - `WIRE`: the call's response may still come. Set with `REACTOR` at submission (no
+//!   separate step when the request goes on a connection) and cleared with it on completion,
+//!   except for a call that timed out on a connection: that one keeps it until the late
+//!   response arrives or the connection closes, so that the slot, and with it the request id,
+//!   is never reused while the server may still answer;
 //! - `DONE`: the outcome is stored;
 //! - `WAITER`: the caller is parked on this slot and must be unparked on completion.
 //!
@@ -154,11 +156,6 @@ impl Slots {
         self.get(idx).state.store(0, Ordering::Release);
         // Cannot fail: at most `capacity` slots exist.
         let _ = self.free.push(idx);
-    }
-
-    /// Reactor: marks the request of call `idx` as written to a connection.
-    pub fn on_wire(&self, idx: u32) {
-        self.get(idx).state.fetch_or(WIRE, Ordering::Relaxed);
     }
 
     /// Reactor: the response of call `idx` can no longer come (it came after the call timed
@@ -344,8 +341,7 @@ mod tests {
     #[test]
     fn timed_out_call_keeps_its_slot_until_its_response_cannot_come() {
         let slots = Slots::new(1);
-        let i = slots.alloc(CALLER | REACTOR).unwrap();
-        slots.on_wire(i);
+        let i = slots.alloc(CALLER | REACTOR | WIRE).unwrap();
         slots.complete(i, Err(Error::Timeout), false);
         assert!(matches!(slots.take(i), Err(Error::Timeout)));
         assert_eq!(slots.in_use(), 1, "the id is still outstanding");
