@@ -200,7 +200,8 @@ impl ClientCore {
     /// Takes a submitted call into the reactor's books. Its deadline counts from
     /// `admitted_at`, read once per batch of submissions after they were taken (the caller
     /// reads no clock): the time the call spent in the submission queue is not counted.
-    fn admit(&mut self, core: &mut Core, idx: u32, timeout: Duration) {
+    /// `inline`: the request, when it came in the submission entry rather than in the slot.
+    fn admit(&mut self, core: &mut Core, idx: u32, timeout: Duration, inline: Option<&[u8]>) {
         let now = self.admitted_at;
         let gen = self.book(idx);
         match now.checked_add(timeout) {
@@ -211,7 +212,12 @@ impl ClientCore {
             Some(at) => self.deadlines.insert(idx, timeout, at),
             None => {} // no deadline in this universe
         }
-        if !self.waiting.is_empty() || !self.place(core, idx) {
+        if !self.waiting.is_empty() || !self.place(core, idx, inline) {
+            if let Some(bytes) = inline {
+                // The waiting line takes requests from the slots.
+                let slot = self.shared.slots.get(idx);
+                slot.data().request.extend_from_slice(bytes);
+            }
             self.metas[idx as usize].state = CallState::Waiting;
             self.waiting.push_back((idx, gen, None));
         }
@@ -304,8 +310,9 @@ impl ClientCore {
         None
     }
 
-    /// Writes the call into a connection with room; false when none has.
-    fn place(&mut self, core: &mut Core, idx: u32) -> bool {
+    /// Writes the call into a connection with room; false when none has. The request is
+    /// `inline`, or else in the slot.
+    fn place(&mut self, core: &mut Core, idx: u32, inline: Option<&[u8]>) -> bool {
         let Some(token) = self.pick(core) else {
             return false;
         };
@@ -316,13 +323,16 @@ impl ClientCore {
         // The caller checked against the limit known then; the connection's peer has the
         // last word (a call made before any handshake completed did not know it).
         let max = ep.conn.peer_max_frame_len().unwrap_or(u32::MAX);
-        let refused = {
-            let d = self.shared.slots.get(idx).data();
-            let fits = d.request.len() <= max as usize;
+        let mut send = |request: &[u8]| {
+            let fits = request.len() <= max as usize;
             if fits {
-                ep.conn.send_frame(id, FrameKind::Request, &d.request);
+                ep.conn.send_frame(id, FrameKind::Request, request);
             }
-            (!fits).then_some(d.request.len())
+            (!fits).then_some(request.len())
+        };
+        let refused = match inline {
+            Some(request) => send(request),
+            None => send(&self.shared.slots.get(idx).data().request),
         };
         if let Some(len) = refused {
             self.deadlines.remove(idx);
@@ -376,7 +386,7 @@ impl ClientCore {
                 continue;
             }
             let placed = match &send {
-                None => self.place(core, idx),
+                None => self.place(core, idx, None),
                 Some(buf) => self.place_waiting_send(core, idx, buf),
             };
             if !placed {
@@ -467,7 +477,7 @@ impl ClientCore {
             }
             self.shared.stats.error(&Error::Closed);
             match sub {
-                Submission::Call(idx, _) => {
+                Submission::Call(idx, _) | Submission::CallInline(idx, ..) => {
                     self.shared.slots.complete(idx, Err(Error::Closed), true);
                 }
                 Submission::Send(idx, buf) => {
@@ -633,7 +643,10 @@ impl Service for ClientCore {
             self.admitted_at = Instant::now().max(core.now);
             for sub in batch.drain(..) {
                 match sub {
-                    Submission::Call(idx, timeout) => self.admit(core, idx, timeout),
+                    Submission::Call(idx, timeout) => self.admit(core, idx, timeout, None),
+                    Submission::CallInline(idx, timeout, len, bytes) => {
+                        self.admit(core, idx, timeout, Some(&bytes[..usize::from(len)]));
+                    }
                     Submission::Send(idx, buf) => self.admit_send(core, idx, buf),
                     Submission::SendInline(idx, len, bytes) => {
                         self.admit_send_inline(core, idx, &bytes[..usize::from(len)]);

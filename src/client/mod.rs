@@ -87,7 +87,9 @@ impl ClientShared {
         if self.closed.load(Ordering::SeqCst) {
             self.entering.fetch_sub(1, Ordering::SeqCst);
             match sub {
-                Submission::Call(idx, _) => self.slots.release(idx),
+                Submission::Call(idx, _) | Submission::CallInline(idx, ..) => {
+                    self.slots.release(idx)
+                }
                 Submission::Send(idx, buf) => {
                     self.slots.release_reserved(idx);
                     self.slots.give_buffer(buf);
@@ -142,9 +144,26 @@ impl ClientShared {
         Ok(idx)
     }
 
-    fn submit(&self, req: Body<'_>, timeout: Duration, state: u32) -> Result<u32> {
+    /// Takes a slot for a call and makes its submission entry (not yet submitted): a request
+    /// of at most [`CALL_INLINE`] bytes rides in the entry, else it is written into the slot.
+    fn stage(&self, req: Body<'_>, timeout: Duration, state: u32) -> Result<(u32, Submission)> {
+        if let Body::Bytes(bytes) = req {
+            if bytes.len() <= CALL_INLINE {
+                self.admissible(&req)?;
+                let idx = self.alloc(state)?;
+                let mut inline = [0; CALL_INLINE];
+                inline[..bytes.len()].copy_from_slice(bytes);
+                let sub = Submission::CallInline(idx, timeout, bytes.len() as u8, inline);
+                return Ok((idx, sub));
+            }
+        }
         let idx = self.prepare(req, state)?;
-        self.enqueue(Submission::Call(idx, timeout))?;
+        Ok((idx, Submission::Call(idx, timeout)))
+    }
+
+    fn submit(&self, req: Body<'_>, timeout: Duration, state: u32) -> Result<u32> {
+        let (idx, sub) = self.stage(req, timeout, state)?;
+        self.enqueue(sub)?;
         self.notify();
         Ok(idx)
     }
@@ -237,12 +256,19 @@ pub(crate) enum Submission {
     /// A call prepared in slot `idx`, with its timeout (carried here so that the reactor need
     /// not lock the slot to learn it).
     Call(u32, Duration),
+    /// A call in slot `idx` with its timeout and a request of at most [`CALL_INLINE`] bytes,
+    /// carried in the entry itself: neither the caller nor the reactor locks the slot for it.
+    CallInline(u32, Duration, u8, [u8; CALL_INLINE]),
     /// A send holding slot `idx` (only for the count), with its payload.
     Send(u32, Vec<u8>),
     /// A send of at most [`SEND_INLINE`] bytes, carried in the entry itself: no buffer to take
     /// from the pool and give back.
     SendInline(u32, u8, [u8; SEND_INLINE]),
 }
+
+/// The largest call request carried inside its submission entry (with the timeout beside it,
+/// the entry stays 32 bytes).
+const CALL_INLINE: usize = 8;
 
 /// The largest send carried inside its submission entry (the entry is as large as with a
 /// buffer: 32 bytes).
@@ -730,8 +756,8 @@ impl Client {
     /// Makes a call and waits for its outcome, driving the reactor if nobody does.
     pub(crate) fn call_body(&self, req: Body<'_>, timeout: Duration) -> Result<Response> {
         let shared = self.shared();
-        let idx = shared.prepare(req, CALLER | REACTOR | WIRE)?;
-        shared.enqueue(Submission::Call(idx, timeout))?;
+        let (idx, sub) = shared.stage(req, timeout, CALLER | REACTOR | WIRE)?;
+        shared.enqueue(sub)?;
         // Told by `wait` only if it cannot drive the reactor itself.
         let outcome = shared.wait(idx, false);
         outcome.map(|buf| Response {
